@@ -1,0 +1,160 @@
+package claims
+
+import (
+	"encoding/json"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tsidp/tsidp/pkg/identity"
+)
+
+func TestAppendQuotedMatchesEncodingJSON(t *testing.T) {
+	for _, s := range []string{
+		"", "plain", `quo"te`, `back\slash`, "new\nline", "tab\t", "\x00\x01\x1f", "<script>&",
+		"héllo wörld", "emoji 🎉", "\u2028\u2029", "bad \xff utf8", "\xed\xa0\x80",
+	} {
+		want, _ := json.Marshal(s)
+		if got := string(AppendQuoted(nil, s)); got != string(want) {
+			t.Errorf("AppendQuoted(%q) = %s, want %s", s, got, want)
+		}
+	}
+}
+
+func FuzzAppendQuoted(f *testing.F) {
+	f.Add("hello")
+	f.Add("\xff\u2028<>")
+	f.Fuzz(func(t *testing.T, s string) {
+		want, _ := json.Marshal(s)
+		if got := AppendQuoted(nil, s); string(got) != string(want) {
+			t.Fatalf("AppendQuoted(%q) = %s, want %s", s, got, want)
+		}
+	})
+}
+
+func person() *identity.Identity {
+	return &identity.Identity{
+		Subject: "user:42", UserID: "42", LoginName: "alice@example.com", DisplayName: "Alice \"A\" Smith",
+		ProfilePicURL: "https://example.com/a.png", NodeName: "laptop.tail1.ts.net", NodeID: "nABC", Tailnet: "tail1.ts.net",
+	}
+}
+
+func TestTokenJSON(t *testing.T) {
+	now := time.Unix(1_700_000_000, 0)
+	tok := Token{
+		Issuer: "https://idp.example", Subject: "user:42", Audience: "api", IssuedAt: now, NotBefore: now,
+		Expiry: now.Add(time.Hour), ID: "jti1", Scope: "read write", Identity: person(),
+		Extra: []Claim{{Name: "groups", Value: json.RawMessage(`["eng","ops"]`)}, {Name: "x-role", Value: json.RawMessage(`"admin"`)}},
+	}
+	b := tok.AppendJSON(nil)
+	var got map[string]any
+	if err := json.Unmarshal(b, &got); err != nil {
+		t.Fatalf("payload is not JSON: %v\n%s", err, b)
+	}
+	want := map[string]any{
+		"iss": "https://idp.example", "sub": "user:42", "aud": "api", "exp": float64(1_700_003_600),
+		"iat": float64(1_700_000_000), "nbf": float64(1_700_000_000), "jti": "jti1", "scope": "read write",
+		"user_id": "42", "login_name": "alice@example.com", "preferred_username": "alice@example.com",
+		"email": "alice@example.com", "name": `Alice "A" Smith`, "picture": "https://example.com/a.png",
+		"tailnet": "tail1.ts.net", "node": "laptop.tail1.ts.net", "node_id": "nABC",
+		"groups": []any{"eng", "ops"}, "x-role": "admin",
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("claims:\n got %v\nwant %v", got, want)
+	}
+	if b2 := tok.AppendJSON(nil); string(b2) != string(b) {
+		t.Error("encoding is not deterministic")
+	}
+}
+
+func TestTokenJSONTaggedHasNoUserClaims(t *testing.T) {
+	id := &identity.Identity{Subject: "node:nT", NodeName: "ci.tail1.ts.net", NodeID: "nT", Tailnet: "tail1.ts.net",
+		Tagged: true, Tags: []string{"tag:ci", "tag:prod"},
+		// Test control reports the registering user for tagged nodes; the
+		// token must not carry it.
+		LoginName: "user-1@example.com", UserID: "1"}
+	b := (&Token{Issuer: "i", Subject: id.Subject, Audience: "a", Identity: id}).AppendJSON(nil)
+	var got map[string]any
+	if err := json.Unmarshal(b, &got); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"user_id", "login_name", "email", "name", "preferred_username"} {
+		if _, ok := got[k]; ok {
+			t.Errorf("tagged token has %q: %s", k, b)
+		}
+	}
+	if got["tagged"] != true || !reflect.DeepEqual(got["tags"], []any{"tag:ci", "tag:prod"}) {
+		t.Errorf("tagged claims wrong: %s", b)
+	}
+}
+
+func TestEmailOnlyForEmailLogins(t *testing.T) {
+	for login, want := range map[string]bool{
+		"alice@example.com": true, "alice@github": false, "alice": false, "@example.com": false, "a@b@c.com": false, "a@.com": false,
+	} {
+		if got := looksLikeEmail(login); got != want {
+			t.Errorf("looksLikeEmail(%q) = %v, want %v", login, got, want)
+		}
+	}
+}
+
+func TestValidate(t *testing.T) {
+	declared := map[string]bool{"groups": true}
+	tests := []struct {
+		c       Claim
+		allowed map[string]bool
+		wantErr string
+	}{
+		{Claim{"groups", json.RawMessage(`["a"]`)}, declared, ""},
+		{Claim{"groups", json.RawMessage(`["a"]`)}, nil, ""},
+		{Claim{"sub", json.RawMessage(`"x"`)}, nil, "reserved"},
+		{Claim{"email", json.RawMessage(`"x@y.z"`)}, map[string]bool{"email": true}, "reserved"},
+		{Claim{"role", json.RawMessage(`"x"`)}, declared, "not declared"},
+		{Claim{"groups", json.RawMessage(`[`)}, declared, "not valid JSON"},
+		{Claim{"groups", json.RawMessage(`"` + strings.Repeat("a", MaxClaimBytes) + `"`)}, declared, "limit"},
+		{Claim{"", json.RawMessage(`1`)}, nil, "empty"},
+		{Claim{`a"b`, json.RawMessage(`1`)}, nil, "not allowed"},
+	}
+	for _, tt := range tests {
+		err := tt.c.Validate(tt.allowed)
+		if (err == nil) != (tt.wantErr == "") || (err != nil && !strings.Contains(err.Error(), tt.wantErr)) {
+			t.Errorf("Validate(%s) = %v, want error containing %q", tt.c.Name, err, tt.wantErr)
+		}
+	}
+}
+
+func TestMerge(t *testing.T) {
+	a := []Claim{{"groups", json.RawMessage(`["eng","ops"]`)}, {"role", json.RawMessage(`"dev"`)}}
+	b := []Claim{{"groups", json.RawMessage(`["ops","sre"]`)}, {"role", json.RawMessage(`"admin"`)}, {"dept", json.RawMessage(`"R&D"`)}}
+	got := Merge(append([]Claim(nil), a...), b)
+	want := map[string]string{"dept": `"R&D"`, "groups": `["eng","ops","sre"]`, "role": `"admin"`}
+	if len(got) != len(want) {
+		t.Fatalf("Merge = %v", got)
+	}
+	for i, c := range got {
+		if string(c.Value) != want[c.Name] {
+			t.Errorf("%s = %s, want %s", c.Name, c.Value, want[c.Name])
+		}
+		if i > 0 && got[i-1].Name > c.Name {
+			t.Errorf("not sorted: %v", got)
+		}
+	}
+	if g := Strings(got, "groups"); !reflect.DeepEqual(g, []string{"eng", "ops", "sre"}) {
+		t.Errorf("Strings(groups) = %v", g)
+	}
+	if g := Strings([]Claim{{"groups", json.RawMessage(`"solo"`)}}, "groups"); !reflect.DeepEqual(g, []string{"solo"}) {
+		t.Errorf("Strings(single) = %v", g)
+	}
+}
+
+func BenchmarkTokenAppendJSON(b *testing.B) {
+	now := time.Now()
+	tok := Token{Issuer: "https://idp.example", Subject: "user:42", Audience: "api", IssuedAt: now, NotBefore: now,
+		Expiry: now.Add(time.Hour), ID: "0123456789abcdefghijkl", Identity: person()}
+	buf := make([]byte, 0, 1024)
+	b.ReportAllocs()
+	for b.Loop() {
+		buf = tok.AppendJSON(buf[:0])
+	}
+}
