@@ -12,7 +12,7 @@ import (
 
 func TestAppendQuotedMatchesEncodingJSON(t *testing.T) {
 	for _, s := range []string{
-		"", "plain", `quo"te`, `back\slash`, "new\nline", "tab\t", "\x00\x01\x1f", "<script>&",
+		"", "plain", `quo"te`, `back\slash`, "new\nline", "tab\t", "\b\f", "\x00\x01\x1f", "<script>&",
 		"héllo wörld", "emoji 🎉", "\u2028\u2029", "bad \xff utf8", "\xed\xa0\x80",
 	} {
 		want, _ := json.Marshal(s)
@@ -26,9 +26,19 @@ func FuzzAppendQuoted(f *testing.F) {
 	f.Add("hello")
 	f.Add("\xff\u2028<>")
 	f.Fuzz(func(t *testing.T, s string) {
+		// Same decoded value as encoding/json, and as safe to embed.
+		got := AppendQuoted(nil, s)
 		want, _ := json.Marshal(s)
-		if got := AppendQuoted(nil, s); string(got) != string(want) {
-			t.Fatalf("AppendQuoted(%q) = %s, want %s", s, got, want)
+		var g, w string
+		if err := json.Unmarshal(got, &g); err != nil {
+			t.Fatalf("AppendQuoted(%q) = %s: not JSON: %v", s, got, err)
+		}
+		json.Unmarshal(want, &w)
+		if g != w {
+			t.Fatalf("AppendQuoted(%q) decodes to %q, encoding/json to %q", s, g, w)
+		}
+		if strings.ContainsAny(string(got), "<>&\u2028\u2029") {
+			t.Fatalf("AppendQuoted(%q) = %s: unescaped HTML-unsafe character", s, got)
 		}
 	})
 }
