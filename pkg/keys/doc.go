@@ -1,0 +1,32 @@
+// Package keys manages tsidp's signing keys: the per-algorithm key set and
+// its lifecycle (next → active → retired, or revoked), the guarantees that
+// lifecycle gives verifiers, the JWKS document, the in-memory signer used on
+// the token hot path, and the stores that persist the set.
+//
+// # Lifecycle
+//
+// For every configured algorithm the set holds exactly one active key (the
+// one that signs) and one next key. The next key is published in the JWKS
+// before it ever signs, so verifiers that cache the JWKS already know it
+// when rotation promotes it: rotation refuses (unless forced) until the next
+// key has been published for at least JWKSMaxAge+ClockSkew. Rotation retires
+// the active key; a retired key stays published until every token it signed
+// has expired (MaxTokenTTL+ClockSkew after it stopped signing) and is then
+// pruned. A revoked key leaves the JWKS at once and loses its private
+// material; its entry stays as a tombstone for a while so that listing shows
+// it and it cannot be imported again.
+//
+// # Persistence
+//
+// A [Store] holds one versioned [Set]. Writers use [Update], a
+// load-modify-compare-and-swap loop, so a daemon, the CLI and replicas can
+// all write without losing each other's changes. [FileStore] is the embedded
+// default; [keystest.RunStoreTests] is the conformance suite every store must
+// pass.
+//
+// # Signing
+//
+// [Manager] compiles the stored set into immutable per-algorithm signers
+// (precomputed protected headers, parsed private keys) and a rendered JWKS,
+// and swaps them atomically when the set changes. [Manager.Sign] does no I/O.
+package keys

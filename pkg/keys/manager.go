@@ -1,0 +1,285 @@
+package keys
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Manager holds the key set of a running tsidp: it signs tokens, serves the
+// JWKS, and changes the set (rotation, revocation, import) through its
+// Store. Signing reads an immutable compiled snapshot through an atomic
+// pointer, so it never waits for, or does, I/O.
+type Manager struct {
+	st   Store
+	p    Policy
+	logf func(format string, args ...any)
+
+	shouldRotate func() bool
+	now          func() time.Time
+	tick         time.Duration // Run's maintenance interval
+	opTimeout    time.Duration // bound on each background store operation
+
+	// mu serializes this process's changes to the store and swaps of cur,
+	// so that a slow reload cannot replace a newer set with an older one.
+	mu  sync.Mutex
+	cur atomic.Pointer[compiled]
+}
+
+// compiled is the immutable, ready-to-use form of one key set.
+type compiled struct {
+	set     *Set // never modified
+	signers [numAlgorithms]*signer
+	jwks    []byte
+	etag    string
+}
+
+// ManagerOption configures a Manager.
+type ManagerOption func(*Manager)
+
+// WithShouldRotate makes Run perform scheduled writes (rotation, pruning)
+// only while f reports true, e.g. while this replica holds leadership.
+// Without it, every Manager rotates; with a single writer, that is right,
+// and with several, compare-and-swap keeps it safe but wasteful.
+func WithShouldRotate(f func() bool) ManagerOption {
+	return func(m *Manager) { m.shouldRotate = f }
+}
+
+// NewManager loads the key set from st, adds the keys p requires (saving
+// them with Update), and compiles it. logf, which may be nil, receives one
+// line per key event; lines name keys by kid and never hold private
+// material. p must be valid (see Policy.Validate); NewManager does not fill
+// defaults, because zero can be meaningful (RotationPeriod).
+func NewManager(ctx context.Context, st Store, p Policy, logf func(format string, args ...any), opts ...ManagerOption) (*Manager, error) {
+	if err := p.Validate(); err != nil {
+		return nil, err
+	}
+	if logf == nil {
+		logf = func(string, ...any) {}
+	}
+	p.Algorithms = slices.Clone(p.Algorithms)
+	m := &Manager{
+		st:           st,
+		p:            p,
+		logf:         logf,
+		shouldRotate: func() bool { return true },
+		now:          time.Now,
+		tick:         time.Minute,
+		opTimeout:    time.Minute,
+	}
+	for _, o := range opts {
+		o(m)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	set, err := Update(ctx, st, func(s *Set) error { return s.Ensure(m.now(), m.p) })
+	if err != nil {
+		return nil, err
+	}
+	if err := m.install(set); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// Policy returns the policy m enforces.
+func (m *Manager) Policy() Policy {
+	p := m.p
+	p.Algorithms = slices.Clone(p.Algorithms)
+	return p
+}
+
+// Sign appends to dst the compact JWS of payload signed with alg's active
+// key, and returns it with the key's kid. payload is used as is: it should
+// be the JSON claim set.
+func (m *Manager) Sign(dst []byte, alg Algorithm, payload []byte) ([]byte, string, error) {
+	i := alg.index()
+	if i < 0 {
+		return dst, "", fmt.Errorf("keys: unknown algorithm %q", alg)
+	}
+	s := m.cur.Load().signers[i]
+	if s == nil {
+		if !m.p.enabled(alg) {
+			return dst, "", fmt.Errorf("keys: %s is not one of the configured algorithms %v", alg, m.p.Algorithms)
+		}
+		return dst, "", fmt.Errorf("keys: no active %s key", alg)
+	}
+	out, err := s.appendJWS(dst, payload)
+	if err != nil {
+		return dst, "", err
+	}
+	return out, s.kid, nil
+}
+
+// JWKS returns the current JWKS document and its ETag. The body is shared:
+// callers must not modify it.
+func (m *Manager) JWKS() (body []byte, etag string) {
+	c := m.cur.Load()
+	return c.jwks, c.etag
+}
+
+// List returns every key, revoked tombstones included.
+func (m *Manager) List() []KeyInfo { return m.cur.Load().set.List(m.p) }
+
+// Version returns the store version of the key set m uses.
+func (m *Manager) Version() int64 { return m.cur.Load().set.Version }
+
+// Rotate rotates the given algorithms (all configured ones if algs is
+// empty) in one store update: all rotate or none does. Without force it
+// fails with a *TooEarlyError if a next key has not been published long
+// enough.
+func (m *Manager) Rotate(ctx context.Context, algs []Algorithm, force bool) error {
+	if len(algs) == 0 {
+		algs = m.p.Algorithms
+	}
+	for _, a := range algs {
+		if !m.p.enabled(a) {
+			return fmt.Errorf("keys: cannot rotate %s: it is not one of the configured algorithms %v", a, m.p.Algorithms)
+		}
+	}
+	return m.update(ctx, func(s *Set, now time.Time) error {
+		if err := s.Ensure(now, m.p); err != nil {
+			return err
+		}
+		for _, a := range algs {
+			if err := s.Rotate(now, m.p, a, force); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// Revoke revokes the key with the given kid; see Set.Revoke.
+func (m *Manager) Revoke(ctx context.Context, kid string) error {
+	return m.update(ctx, func(s *Set, now time.Time) error {
+		return s.Revoke(now, m.p, kid)
+	})
+}
+
+// Import adds a private key given as PEM or JWK; see Set.Import.
+func (m *Manager) Import(ctx context.Context, pemOrJWK []byte, alg Algorithm, activate bool) (KeyInfo, error) {
+	priv, err := ParsePrivateKey(pemOrJWK, alg)
+	if err != nil {
+		return KeyInfo{}, err
+	}
+	var kid string
+	err = m.update(ctx, func(s *Set, now time.Time) error {
+		k, err := s.Import(now, m.p, priv, alg, activate)
+		if err != nil {
+			return err
+		}
+		kid = k.ID
+		return s.Ensure(now, m.p)
+	})
+	if err != nil {
+		return KeyInfo{}, err
+	}
+	return m.cur.Load().set.Key(kid).Info(m.p), nil
+}
+
+// update applies fn through Update and installs the result.
+func (m *Manager) update(ctx context.Context, fn func(s *Set, now time.Time) error) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	set, err := Update(ctx, m.st, func(s *Set) error { return fn(s, m.now().UTC()) })
+	if err != nil {
+		return err
+	}
+	return m.install(set)
+}
+
+// Reload re-reads the store and, if the set changed, switches to it. A set
+// lacking an active key for a configured algorithm is not installed (the
+// current keys stay in use), so a deleted or truncated store cannot stop
+// signing.
+func (m *Manager) Reload(ctx context.Context) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	set, err := m.st.Load(ctx)
+	if err != nil {
+		return err
+	}
+	if c := m.cur.Load(); c != nil && c.set.sameAs(set) {
+		return nil
+	}
+	for _, alg := range m.p.Algorithms {
+		if set.Active(alg) == nil {
+			return fmt.Errorf("keys: stored key set (version %d) has no active %s key; keeping the current keys", set.Version, alg)
+		}
+	}
+	return m.install(set)
+}
+
+// install compiles set and makes it current. Call with m.mu held.
+func (m *Manager) install(set *Set) error {
+	c, err := compile(set, m.p)
+	if err != nil {
+		return err
+	}
+	old := m.cur.Swap(c)
+	m.logChanges(old, c)
+	return nil
+}
+
+func compile(set *Set, p Policy) (*compiled, error) {
+	if err := set.Check(); err != nil {
+		return nil, err
+	}
+	c := &compiled{set: set}
+	for _, alg := range p.Algorithms {
+		k := set.Active(alg)
+		if k == nil {
+			continue
+		}
+		s, err := newSigner(k)
+		if err != nil {
+			return nil, err
+		}
+		c.signers[alg.index()] = s
+	}
+	c.jwks, c.etag = RenderJWKS(set)
+	return c, nil
+}
+
+// logChanges logs how the key set changed from old (nil at start) to c:
+// kids, algorithms, states and dates only.
+func (m *Manager) logChanges(old, c *compiled) {
+	if old == nil {
+		var b strings.Builder
+		for _, alg := range m.p.Algorithms {
+			if s := c.signers[alg.index()]; s != nil {
+				fmt.Fprintf(&b, "; %s signs with %s", alg, s.kid)
+			}
+		}
+		m.logf("keys: using key set version %d with %d keys%s", c.set.Version, len(c.set.Keys), b.String())
+		return
+	}
+	if old.set.Version != c.set.Version {
+		m.logf("keys: key set version %d → %d", old.set.Version, c.set.Version)
+	}
+	for _, k := range c.set.Keys {
+		switch o := old.set.Key(k.ID); {
+		case o == nil:
+			m.logf("keys: %s key %s added as %s", k.Algorithm, k.ID, k.State)
+		case o.State != k.State:
+			extra := ""
+			switch k.State {
+			case StateRetired:
+				extra = fmt.Sprintf(" (published until %s)", k.removeAt(m.p).Format(time.RFC3339))
+			case StateRevoked:
+				extra = " (removed from the JWKS)"
+			}
+			m.logf("keys: %s key %s: %s → %s%s", k.Algorithm, k.ID, o.State, k.State, extra)
+		}
+	}
+	for _, o := range old.set.Keys {
+		if c.set.Key(o.ID) == nil {
+			m.logf("keys: %s key %s (%s) removed from the set", o.Algorithm, o.ID, o.State)
+		}
+	}
+}

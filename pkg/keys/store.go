@@ -1,0 +1,94 @@
+package keys
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"time"
+)
+
+// Store persists one key Set with a version for compare-and-swap. It is
+// deliberately tiny so that every backend (file, etcd) is easy to get right;
+// keystest.RunStoreTests checks a backend against this contract.
+type Store interface {
+	// Load returns the current key set and its version: version 0 and an
+	// empty set if none was ever saved. It never returns a partly written
+	// set.
+	Load(ctx context.Context) (*Set, error)
+	// Save writes set if the stored version still equals set.Version
+	// (compare-and-swap), then sets set.Version to the new version. On a
+	// mismatch it writes nothing and returns an error wrapping ErrConflict.
+	Save(ctx context.Context, set *Set) error
+	// Close releases the store's resources. Later calls fail.
+	Close() error
+}
+
+// Watcher is an optional Store capability: Watch returns a channel that
+// receives a value whenever the stored set may have changed, so replicas and
+// the daemon pick up keys written by others (the CLI, another replica)
+// without polling the store themselves. Signals are coalesced; the receiver
+// reloads. The channel is closed when ctx is done.
+type Watcher interface {
+	Watch(ctx context.Context) <-chan struct{}
+}
+
+// Update attempts.
+const (
+	updateAttempts   = 20
+	updateBackoffMin = time.Millisecond
+	updateBackoffMax = 100 * time.Millisecond
+)
+
+// Update loads the set from s, applies fn and saves the result with
+// compare-and-swap, retrying from a fresh load when another writer got
+// there first. fn may therefore run several times and must only change the
+// set it is given. If fn leaves the set unchanged, nothing is written.
+// Update refuses to save a set that fails Check. After a bounded number of
+// conflicts it gives up with an error wrapping ErrConflict.
+func Update(ctx context.Context, s Store, fn func(*Set) error) (*Set, error) {
+	backoff := updateBackoffMin
+	for attempt := 1; ; attempt++ {
+		set, err := s.Load(ctx)
+		if err != nil {
+			return nil, err
+		}
+		before := set.Clone()
+		if err := fn(set); err != nil {
+			return nil, err
+		}
+		if set.sameAs(before) {
+			return set, nil
+		}
+		if err := set.Check(); err != nil {
+			return nil, fmt.Errorf("keys: refusing to save an inconsistent key set: %w", err)
+		}
+		err = s.Save(ctx, set)
+		if err == nil {
+			return set, nil
+		}
+		if !errors.Is(err, ErrConflict) {
+			return nil, err
+		}
+		if attempt == updateAttempts {
+			return nil, fmt.Errorf("keys: gave up after %d conflicting writes: %w", attempt, err)
+		}
+		// Full jitter, so that writers that collided spread out.
+		if err := sleep(ctx, rand.N(backoff)+1); err != nil {
+			return nil, fmt.Errorf("keys: waiting to retry: %w", err)
+		}
+		backoff = min(2*backoff, updateBackoffMax)
+	}
+}
+
+// sleep waits for d or until ctx is done.
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
