@@ -36,7 +36,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintf(os.Stderr, "building the test plugin: %v\n%s", err, out)
 		os.Exit(2)
 	}
-	testPlugin.sum, err = fileSHA256(testPlugin.path)
+	testPlugin.sum, err = FileSHA256(testPlugin.path)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)

@@ -222,7 +222,7 @@ func TestStartFailures(t *testing.T) {
 		{"not a plugin", func() Config {
 			c := testConfig()
 			c.Path = "/usr/bin/true"
-			c.SHA256, _ = fileSHA256(c.Path)
+			c.SHA256, _ = FileSHA256(c.Path)
 			return c
 		}, "start:"},
 	}
@@ -715,7 +715,7 @@ func listDir(t *testing.T, dir string) []string {
 func TestShellWrapperKilledWithItsChild(t *testing.T) {
 	script := filepath.Join(t.TempDir(), "wrapper")
 	os.WriteFile(script, []byte("#!/bin/sh\n"+testPlugin.path+" \"$@\"\n"), 0o755)
-	sum, _ := fileSHA256(script)
+	sum, _ := FileSHA256(script)
 	cfg := Config{Name: "wrapped", Path: script, SHA256: sum, Timeout: 300 * time.Millisecond}
 	m, _ := startManager(t, Options{}, cfg)
 	p := m.Plugins()[0]

@@ -27,7 +27,7 @@ type ProbeResult struct {
 // Errors from the plugin are returned, whatever cfg.OnError says.
 func Probe(ctx context.Context, cfg Config, req *claims.Request, opts Options) (*ProbeResult, error) {
 	if cfg.SHA256 == "" && cfg.Path != "" {
-		sum, err := fileSHA256(cfg.Path)
+		sum, err := FileSHA256(cfg.Path)
 		if err != nil {
 			return nil, fmt.Errorf("plugin: %w", err)
 		}

@@ -35,8 +35,9 @@ type processLauncher struct {
 	opts       *Options
 }
 
-// fileSHA256 hashes the file at path.
-func fileSHA256(path string) (string, error) {
+// FileSHA256 returns the hex SHA-256 of the file at path, as the sha256
+// setting expects it.
+func FileSHA256(path string) (string, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return "", err
@@ -62,7 +63,7 @@ func checkFile(path, want string) error {
 	if fi.Mode().Perm()&0o111 == 0 {
 		return fmt.Errorf("%s is not executable", path)
 	}
-	got, err := fileSHA256(path)
+	got, err := FileSHA256(path)
 	if err != nil {
 		return err
 	}

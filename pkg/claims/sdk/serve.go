@@ -17,26 +17,31 @@ import (
 // redirects os.Stderr into its stdio stream: tsidp reads this one.
 var stderr io.Writer = os.Stderr
 
-var logger = slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{
-	Level: slog.LevelInfo,
-	// tsidp reads hclog-style keys; slog's defaults work too, but these
-	// keep one shape for go-plugin's own lines and the plugin's.
-	ReplaceAttr: func(groups []string, a slog.Attr) slog.Attr {
-		if len(groups) > 0 {
+var logger = newLogger(stderr)
+
+// newLogger returns a JSON logger in the shape tsidp parses.
+func newLogger(w io.Writer) *slog.Logger {
+	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{
+		Level: slog.LevelInfo,
+		// tsidp reads hclog-style keys; slog's defaults work too, but these
+		// keep one shape for go-plugin's own lines and the plugin's.
+		ReplaceAttr: func(groups []string, a slog.Attr) slog.Attr {
+			if len(groups) > 0 {
+				return a
+			}
+			switch a.Key {
+			case slog.MessageKey:
+				a.Key = "@message"
+			case slog.LevelKey:
+				a.Key = "@level"
+				a.Value = slog.StringValue(levelName(a.Value.Any()))
+			case slog.TimeKey:
+				a.Key = "@timestamp"
+			}
 			return a
-		}
-		switch a.Key {
-		case slog.MessageKey:
-			a.Key = "@message"
-		case slog.LevelKey:
-			a.Key = "@level"
-			a.Value = slog.StringValue(levelName(a.Value.Any()))
-		case slog.TimeKey:
-			a.Key = "@timestamp"
-		}
-		return a
-	},
-}))
+		},
+	}))
+}
 
 func levelName(v any) string {
 	l, ok := v.(slog.Level)
