@@ -40,10 +40,11 @@ func Start(t testing.TB, p sdk.Plugin, config map[string]any) *plugin.Plugin {
 // returns the executable's path and hex SHA-256.
 func Build(t testing.TB, pkg string) (path, sha256 string) {
 	t.Helper()
-	path = filepath.Join(t.TempDir(), filepath.Base(strings.TrimSuffix(pkg, "/...")))
-	if path == "." || strings.HasSuffix(path, "/.") {
-		path = filepath.Join(filepath.Dir(path), "plugin")
+	name := filepath.Base(pkg)
+	if name == "." || name == "/" {
+		name = "plugin"
 	}
+	path = filepath.Join(t.TempDir(), name)
 	cmd := exec.Command("go", "build", "-o", path, pkg)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build %s: %v\n%s", pkg, err, out)
