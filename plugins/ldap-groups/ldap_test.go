@@ -168,7 +168,8 @@ func TestBindMatters(t *testing.T) {
 	delete(cfg, "bind_dn")
 	delete(cfg, "bind_password_file")
 	p := sdktest.Start(t, &ldapPlugin{}, cfg)
-	if got := groupsOf(t, p, "alice@example.com"); got != "" {
-		t.Errorf("anonymous lookup found groups %s; the ACL should hide them", got)
+	res, err := p.Enrich(context.Background(), sdktest.Request(sdktest.Person("alice@example.com"), "aud"))
+	if err == nil || !strings.Contains(err.Error(), "No Such Object") {
+		t.Errorf("anonymous lookup = %+v, %v; the ACL should hide the people", res, err)
 	}
 }
