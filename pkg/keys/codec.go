@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"slices"
 	"strings"
 	"time"
@@ -159,6 +158,7 @@ func unmarshalSet(data []byte, sl Sealer, where string) (*Set, error) {
 	}
 	// Read the format first: a newer format may have fields the strict
 	// decode below would report as unknown, which would hide the reason.
+	// json.Unmarshal also rejects trailing data after the document.
 	var head struct {
 		Format int `json:"format"`
 	}
@@ -176,9 +176,6 @@ func unmarshalSet(data []byte, sl Sealer, where string) (*Set, error) {
 	var doc setDoc
 	if err := dec.Decode(&doc); err != nil {
 		return nil, corrupt("%w", err)
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return nil, corrupt("trailing data after the document")
 	}
 	if doc.Version < 0 {
 		return nil, corrupt("negative version %d", doc.Version)

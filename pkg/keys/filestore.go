@@ -182,7 +182,7 @@ func (s *FileStore) lock(ctx context.Context) (unlock func(), err error) {
 	funlock, err := s.fs.Lock(ctx, s.lockPath)
 	if err != nil {
 		<-s.sem
-		return nil, err
+		return nil, fmt.Errorf("keys: %w", err)
 	}
 	return func() {
 		funlock()

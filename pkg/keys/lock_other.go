@@ -12,7 +12,7 @@ import (
 // The file store needs flock(2) to serialize writers across processes;
 // elsewhere it refuses to write rather than risk lost updates.
 func lockFile(ctx context.Context, path string) (func(), error) {
-	return nil, fmt.Errorf("keys: the file store cannot lock files on %s", runtime.GOOS)
+	return nil, fmt.Errorf("the file store cannot lock files on %s", runtime.GOOS)
 }
 
 func checkPrivateDir(dir string) error                   { return nil }

@@ -21,7 +21,7 @@ import (
 func lockFile(ctx context.Context, path string) (func(), error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
-		return nil, fmt.Errorf("keys: opening lock file: %w", err)
+		return nil, err
 	}
 	delay := time.Millisecond
 	for {
@@ -31,11 +31,11 @@ func lockFile(ctx context.Context, path string) (func(), error) {
 		}
 		if !errors.Is(err, syscall.EWOULDBLOCK) && !errors.Is(err, syscall.EINTR) {
 			f.Close()
-			return nil, fmt.Errorf("keys: locking %s: %w", path, err)
+			return nil, &os.PathError{Op: "flock", Path: path, Err: err}
 		}
 		if err := sleep(ctx, delay/2+rand.N(delay)); err != nil {
 			f.Close()
-			return nil, fmt.Errorf("keys: waiting for the lock on %s (another process is writing keys): %w", path, err)
+			return nil, fmt.Errorf("waiting for the lock on %s (another process is writing keys): %w", path, err)
 		}
 		delay = min(2*delay, 50*time.Millisecond)
 	}
