@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"tailscale.com/ipn/store/mem"
+	"tailscale.com/logtail"
 	"tailscale.com/net/netns"
 	"tailscale.com/tsnet"
 )
@@ -91,6 +92,9 @@ func StartTSNet(ctx context.Context, cfg TSNetConfig, rules Rules, logf func(str
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("tsnet: %w", err)
 	}
+	// tsnet uploads its logs to Tailscale's log service by default. tsidp is
+	// an identity provider: it keeps its logs on the machine it runs on.
+	logtail.Disable()
 	if isLoopbackURL(cfg.ControlURL) {
 		// A control server on loopback (sandbox, tests) is unreachable with
 		// the socket marks netns applies; tsnet's own tests turn it off too.

@@ -1,0 +1,415 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/tsidp/tsidp/pkg/admin"
+	"github.com/tsidp/tsidp/pkg/config"
+	"github.com/tsidp/tsidp/pkg/daemon"
+	"github.com/tsidp/tsidp/pkg/keys"
+)
+
+func keysCommand() *cli.Command {
+	common := []cli.Flag{configFlag, stateDirFlag, storeFlag}
+	return &cli.Command{
+		Name:  "keys",
+		Usage: "list, rotate, revoke, import and export signing keys",
+		Description: `Talks to the running daemon over <state-dir>/admin.sock; when no daemon runs, works on
+the key store directly, under its lock. Use the same --config/--state-dir/--store as the daemon.`,
+		Subcommands: []*cli.Command{
+			{
+				Name:  "list",
+				Usage: "list keys, their states and times, and the rotation status",
+				Flags: append(common, &cli.BoolFlag{Name: "json", Usage: "print JSON"}),
+				Action: func(c *cli.Context) error {
+					ops, err := openKeyOps(c)
+					if err != nil {
+						return err
+					}
+					defer ops.Close()
+					infos, st, err := ops.List(c.Context)
+					if err != nil {
+						return err
+					}
+					if c.Bool("json") {
+						return printJSON(c.App.Writer, map[string]any{"keys": infos, "status": st})
+					}
+					printKeys(c.App.Writer, infos)
+					if st != nil {
+						fmt.Fprint(c.App.Writer, "\n"+st.String())
+					}
+					return nil
+				},
+			},
+			{
+				Name:      "rotate",
+				Usage:     "make each next key active, retire the active one and publish a new next key",
+				UsageText: "tsidp keys rotate [--alg ES256]... [--force]",
+				Flags: append(common,
+					&cli.StringSliceFlag{Name: "alg", Usage: "rotate only this algorithm; repeatable (default: all)"},
+					&cli.BoolFlag{Name: "force", Usage: "rotate even if the next key has not been published for jwks_max_age + clock_skew (verifiers with a cached JWKS may reject new tokens until they refetch)"},
+				),
+				Action: func(c *cli.Context) error {
+					var algs []keys.Algorithm
+					for _, s := range c.StringSlice("alg") {
+						a, err := keys.ParseAlgorithm(s)
+						if err != nil {
+							return err
+						}
+						algs = append(algs, a)
+					}
+					ops, err := openKeyOps(c)
+					if err != nil {
+						return err
+					}
+					defer ops.Close()
+					before, _, err := ops.List(c.Context)
+					if err != nil {
+						return err
+					}
+					after, err := ops.Rotate(c.Context, algs, c.Bool("force"))
+					if err != nil {
+						return err
+					}
+					for _, line := range activeChanges(before, after) {
+						fmt.Fprintln(c.App.Writer, line)
+					}
+					return nil
+				},
+			},
+			{
+				Name:      "revoke",
+				Usage:     "remove a key from the JWKS at once; an active key is replaced by the published next key",
+				UsageText: "tsidp keys revoke KID",
+				Flags:     common,
+				Action: func(c *cli.Context) error {
+					if c.NArg() != 1 {
+						return errors.New("tsidp: keys revoke needs exactly one KID (see tsidp keys list)")
+					}
+					kid := c.Args().First()
+					ops, err := openKeyOps(c)
+					if err != nil {
+						return err
+					}
+					defer ops.Close()
+					before, _, err := ops.List(c.Context)
+					if err != nil {
+						return err
+					}
+					after, err := ops.Revoke(c.Context, kid)
+					if err != nil {
+						return err
+					}
+					fmt.Fprintf(c.App.Writer, "revoked %s: it is no longer in the JWKS\n", kid)
+					for _, line := range activeChanges(before, after) {
+						fmt.Fprintln(c.App.Writer, line)
+					}
+					return nil
+				},
+			},
+			{
+				Name:      "import",
+				Usage:     "import a private key (PEM or JWK) from another issuer as the next key",
+				UsageText: "tsidp keys import --alg ALG [--activate] FILE",
+				Flags: append(common,
+					&cli.StringFlag{Name: "alg", Required: true, Usage: "algorithm the key signs with: ES256, RS256 or EdDSA"},
+					&cli.BoolFlag{Name: "activate", Usage: "make it the active key at once (when migrating an issuer whose verifiers already know the key)"},
+				),
+				Action: func(c *cli.Context) error {
+					if c.NArg() != 1 {
+						return errors.New("tsidp: keys import needs exactly one FILE")
+					}
+					alg, err := keys.ParseAlgorithm(c.String("alg"))
+					if err != nil {
+						return err
+					}
+					data, err := readBounded(c.Args().First(), 1<<20)
+					if err != nil {
+						return err
+					}
+					ops, err := openKeyOps(c)
+					if err != nil {
+						return err
+					}
+					defer ops.Close()
+					ki, err := ops.Import(c.Context, data, alg, c.Bool("activate"))
+					if err != nil {
+						return err
+					}
+					fmt.Fprintf(c.App.Writer, "imported %s key %s as %s\n", ki.Algorithm, ki.ID, ki.State)
+					return nil
+				},
+			},
+			{
+				Name:  "export-jwks",
+				Usage: "print the public JWKS (for static hosting)",
+				Flags: common,
+				Action: func(c *cli.Context) error {
+					ops, err := openKeyOps(c)
+					if err != nil {
+						return err
+					}
+					defer ops.Close()
+					body, err := ops.JWKS(c.Context)
+					if err != nil {
+						return err
+					}
+					_, err = c.App.Writer.Write(body)
+					return err
+				},
+			},
+		},
+	}
+}
+
+// keyOps is what the keys subcommands do, either through the daemon or on
+// the store directly.
+type keyOps interface {
+	List(ctx context.Context) ([]keys.KeyInfo, *keys.Status, error)
+	Rotate(ctx context.Context, algs []keys.Algorithm, force bool) ([]keys.KeyInfo, error)
+	Revoke(ctx context.Context, kid string) ([]keys.KeyInfo, error)
+	Import(ctx context.Context, data []byte, alg keys.Algorithm, activate bool) (keys.KeyInfo, error)
+	JWKS(ctx context.Context) ([]byte, error)
+	Close() error
+}
+
+// openKeyOps picks the daemon if one answers on the admin socket, else the
+// store named by the configuration.
+func openKeyOps(c *cli.Context) (keyOps, error) {
+	cfg, err := config.Load(c.String("config"))
+	if err != nil {
+		return nil, err
+	}
+	applyFlags(c, cfg)
+	cfg.Provision()
+	kp, err := cfg.KeyPolicy()
+	if err != nil {
+		return nil, fmt.Errorf("tsidp: %w", err)
+	}
+	ac := admin.NewClient(cfg.Admin.Socket)
+	ctx, cancel := context.WithTimeout(c.Context, 5*time.Second)
+	defer cancel()
+	if _, err := ac.Status(ctx); err == nil {
+		return &daemonKeyOps{c: ac}, nil
+	} else if !errors.Is(err, admin.ErrNotRunning) {
+		return nil, fmt.Errorf("tsidp: admin socket %s: %w", cfg.Admin.Socket, err)
+	}
+	st, err := daemon.OpenStore(c.Context, cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &storeKeyOps{st: st, p: kp}, nil
+}
+
+type daemonKeyOps struct{ c *admin.Client }
+
+func (o *daemonKeyOps) List(ctx context.Context) ([]keys.KeyInfo, *keys.Status, error) {
+	st, err := o.c.Status(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	kr, err := o.c.Keys(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	return kr.Keys, &st.Keys, nil
+}
+
+func (o *daemonKeyOps) Rotate(ctx context.Context, algs []keys.Algorithm, force bool) ([]keys.KeyInfo, error) {
+	kr, err := o.c.Rotate(ctx, admin.RotateRequest{Algorithms: algs, Force: force})
+	if err != nil {
+		return nil, err
+	}
+	return kr.Keys, nil
+}
+
+func (o *daemonKeyOps) Revoke(ctx context.Context, kid string) ([]keys.KeyInfo, error) {
+	kr, err := o.c.Revoke(ctx, kid)
+	if err != nil {
+		return nil, err
+	}
+	return kr.Keys, nil
+}
+
+func (o *daemonKeyOps) Import(ctx context.Context, data []byte, alg keys.Algorithm, activate bool) (keys.KeyInfo, error) {
+	return o.c.Import(ctx, admin.ImportRequest{Key: string(data), Algorithm: alg, Activate: activate})
+}
+
+func (o *daemonKeyOps) JWKS(ctx context.Context) ([]byte, error) { return o.c.JWKS(ctx) }
+func (o *daemonKeyOps) Close() error                             { return nil }
+
+// storeKeyOps works on the store directly; every change is a
+// compare-and-swap under the store's lock, so it cannot lose a concurrent
+// writer's update.
+type storeKeyOps struct {
+	st keys.Store
+	p  keys.Policy
+}
+
+func (o *storeKeyOps) List(ctx context.Context) ([]keys.KeyInfo, *keys.Status, error) {
+	set, err := o.st.Load(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(set.Keys) == 0 {
+		return nil, nil, nil
+	}
+	st := keys.StatusOf(set, o.p, time.Now())
+	return set.List(o.p), &st, nil
+}
+
+func (o *storeKeyOps) update(ctx context.Context, fn func(*keys.Set, time.Time) error) ([]keys.KeyInfo, error) {
+	set, err := keys.Update(ctx, o.st, func(s *keys.Set) error {
+		now := time.Now()
+		// A store nobody initialized yet gets its keys first, as the
+		// daemon would on start.
+		if err := s.Ensure(now, o.p); err != nil {
+			return err
+		}
+		return fn(s, now)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return set.List(o.p), nil
+}
+
+func (o *storeKeyOps) Rotate(ctx context.Context, algs []keys.Algorithm, force bool) ([]keys.KeyInfo, error) {
+	if len(algs) == 0 {
+		algs = o.p.Algorithms
+	}
+	return o.update(ctx, func(s *keys.Set, now time.Time) error {
+		for _, a := range algs {
+			if err := s.Rotate(now, o.p, a, force); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+func (o *storeKeyOps) Revoke(ctx context.Context, kid string) ([]keys.KeyInfo, error) {
+	return o.update(ctx, func(s *keys.Set, now time.Time) error { return s.Revoke(now, o.p, kid) })
+}
+
+func (o *storeKeyOps) Import(ctx context.Context, data []byte, alg keys.Algorithm, activate bool) (keys.KeyInfo, error) {
+	var ki keys.KeyInfo
+	_, err := o.update(ctx, func(s *keys.Set, now time.Time) error {
+		k, err := s.ImportPrivateKey(now, o.p, data, alg, activate)
+		if err != nil {
+			return err
+		}
+		ki = k.Info(o.p)
+		return nil
+	})
+	return ki, err
+}
+
+func (o *storeKeyOps) JWKS(ctx context.Context) ([]byte, error) {
+	set, err := o.st.Load(ctx)
+	if err != nil {
+		return nil, err
+	}
+	body, _ := keys.RenderJWKS(set)
+	return body, nil
+}
+
+func (o *storeKeyOps) Close() error { return o.st.Close() }
+
+func printKeys(w io.Writer, infos []keys.KeyInfo) {
+	if len(infos) == 0 {
+		fmt.Fprintln(w, "no keys yet (the daemon creates them on first start)")
+		return
+	}
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ALG\tSTATE\tKID\tCREATED\tACTIVATED\tRETIRED\tSIGNS FROM / LEAVES JWKS")
+	ts := func(t time.Time) string {
+		if t.IsZero() {
+			return "-"
+		}
+		return t.UTC().Format("2006-01-02 15:04")
+	}
+	for _, k := range infos {
+		when := "-"
+		switch k.State {
+		case keys.StateNext:
+			when = ts(k.SignsFrom)
+		case keys.StateRetired:
+			when = ts(k.RemoveAt)
+		}
+		retired := k.Retired
+		if k.State == keys.StateRevoked {
+			retired = k.Revoked
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.Algorithm, k.State, k.ID, ts(k.Created), ts(k.Activated), ts(retired), when)
+	}
+	tw.Flush()
+}
+
+// activeChanges describes how the active keys changed.
+func activeChanges(before, after []keys.KeyInfo) []string {
+	active := func(infos []keys.KeyInfo) map[keys.Algorithm]string {
+		m := map[keys.Algorithm]string{}
+		for _, k := range infos {
+			if k.State == keys.StateActive {
+				m[k.Algorithm] = k.ID
+			}
+		}
+		return m
+	}
+	b, a := active(before), active(after)
+	var lines []string
+	for _, k := range after {
+		if k.State != keys.StateActive {
+			continue
+		}
+		if old := b[k.Algorithm]; old != a[k.Algorithm] {
+			lines = append(lines, fmt.Sprintf("%s: active key %s (was %s)", k.Algorithm, k.ID, orDash(old)))
+		} else {
+			lines = append(lines, fmt.Sprintf("%s: active key %s (unchanged)", k.Algorithm, k.ID))
+		}
+	}
+	return lines
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func readBounded(path string, limit int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("tsidp: %w", err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return nil, fmt.Errorf("tsidp: %w", err)
+	}
+	if int64(len(b)) > limit {
+		return nil, fmt.Errorf("tsidp: %s is larger than %d bytes", path, limit)
+	}
+	if strings.TrimSpace(string(b)) == "" {
+		return nil, fmt.Errorf("tsidp: %s is empty", path)
+	}
+	return b, nil
+}

@@ -1,0 +1,280 @@
+// Package admin is tsidp's operator API: a small JSON API on a unix socket
+// (default <state-dir>/admin.sock) that the CLI uses to list, rotate and
+// revoke keys in a running daemon, and to read its status.
+//
+// Access control is the socket itself: the file is 0600 in a 0700 directory,
+// and every connection's peer credentials are checked (owner or root only).
+package admin
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"golang.org/x/sys/unix"
+
+	"github.com/tsidp/tsidp/pkg/keys"
+)
+
+// Keys is what the admin API needs from the key manager.
+type Keys interface {
+	List() []keys.KeyInfo
+	Rotate(ctx context.Context, algs []keys.Algorithm, force bool) error
+	Revoke(ctx context.Context, kid string) error
+	Import(ctx context.Context, pemOrJWK []byte, alg keys.Algorithm, activate bool) (keys.KeyInfo, error)
+	JWKS() (body []byte, etag string)
+	Status(now time.Time) keys.Status
+}
+
+var _ Keys = (*keys.Manager)(nil)
+
+// Status is the daemon's state as GET /v1/status reports it.
+type Status struct {
+	Version  string          `json:"version"`
+	Issuer   string          `json:"issuer"`
+	Backend  string          `json:"backend"`
+	Identity string          `json:"identity"` // "ready" or why not
+	Keys     keys.Status     `json:"keys"`
+	Plugins  json.RawMessage `json:"plugins,omitempty"`
+	Store    string          `json:"store,omitempty"` // "ok" or why not
+}
+
+// Config wires the admin handler.
+type Config struct {
+	Keys    Keys
+	Version string
+	Issuer  string
+	Backend string
+	// IdentityReady reports the identity backend's readiness.
+	IdentityReady func(context.Context) error
+	// Plugins returns plugin health as JSON-encodable data, or nil.
+	Plugins func() any
+	// StoreHealth reports the key store's health, or nil.
+	StoreHealth func(context.Context) error
+	Logf        func(string, ...any)
+}
+
+// KeysResponse is the answer of the key endpoints.
+type KeysResponse struct {
+	Keys []keys.KeyInfo `json:"keys"`
+}
+
+// RotateRequest asks for a rotation.
+type RotateRequest struct {
+	Algorithms []keys.Algorithm `json:"algorithms,omitempty"`
+	Force      bool             `json:"force,omitempty"`
+}
+
+// ImportRequest asks to import a private key. It travels only over the
+// admin socket (0600, peer uid checked), never over the network.
+type ImportRequest struct {
+	Key       string         `json:"key"` // PEM or JWK
+	Algorithm keys.Algorithm `json:"algorithm"`
+	Activate  bool           `json:"activate,omitempty"`
+}
+
+// RevokeRequest asks for a revocation.
+type RevokeRequest struct {
+	KID string `json:"kid"`
+}
+
+// Handler returns the admin API's HTTP handler.
+func Handler(cfg Config) http.Handler {
+	if cfg.Logf == nil {
+		cfg.Logf = func(string, ...any) {}
+	}
+	r := chi.NewRouter()
+	r.Get("/v1/status", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
+		defer cancel()
+		st := Status{Version: cfg.Version, Issuer: cfg.Issuer, Backend: cfg.Backend, Identity: "ready",
+			Keys: cfg.Keys.Status(time.Now())}
+		if cfg.IdentityReady != nil {
+			if err := cfg.IdentityReady(ctx); err != nil {
+				st.Identity = err.Error()
+			}
+		}
+		if cfg.StoreHealth != nil {
+			st.Store = "ok"
+			if err := cfg.StoreHealth(ctx); err != nil {
+				st.Store = err.Error()
+			}
+		}
+		if cfg.Plugins != nil {
+			if p := cfg.Plugins(); p != nil {
+				st.Plugins, _ = json.Marshal(p)
+			}
+		}
+		writeJSON(w, http.StatusOK, st)
+	})
+	r.Get("/v1/keys", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, KeysResponse{Keys: cfg.Keys.List()})
+	})
+	r.Post("/v1/keys/rotate", func(w http.ResponseWriter, r *http.Request) {
+		var req RotateRequest
+		if !readJSON(w, r, &req) {
+			return
+		}
+		if err := cfg.Keys.Rotate(r.Context(), req.Algorithms, req.Force); err != nil {
+			writeErr(w, http.StatusConflict, err)
+			return
+		}
+		cfg.Logf("admin: keys rotated (algorithms %v, force %v)", req.Algorithms, req.Force)
+		writeJSON(w, http.StatusOK, KeysResponse{Keys: cfg.Keys.List()})
+	})
+	r.Post("/v1/keys/revoke", func(w http.ResponseWriter, r *http.Request) {
+		var req RevokeRequest
+		if !readJSON(w, r, &req) {
+			return
+		}
+		if err := cfg.Keys.Revoke(r.Context(), req.KID); err != nil {
+			writeErr(w, http.StatusConflict, err)
+			return
+		}
+		cfg.Logf("admin: key %s revoked", req.KID)
+		writeJSON(w, http.StatusOK, KeysResponse{Keys: cfg.Keys.List()})
+	})
+	r.Post("/v1/keys/import", func(w http.ResponseWriter, r *http.Request) {
+		var req ImportRequest
+		if !readJSON(w, r, &req) {
+			return
+		}
+		ki, err := cfg.Keys.Import(r.Context(), []byte(req.Key), req.Algorithm, req.Activate)
+		if err != nil {
+			writeErr(w, http.StatusConflict, err)
+			return
+		}
+		cfg.Logf("admin: imported %s key %s as %s", ki.Algorithm, ki.ID, ki.State)
+		writeJSON(w, http.StatusOK, ki)
+	})
+	r.Get("/v1/jwks", func(w http.ResponseWriter, r *http.Request) {
+		body, _ := cfg.Keys.JWKS()
+		w.Header().Set("Content-Type", "application/json")
+		w.Write(body)
+	})
+	return r
+}
+
+func readJSON(w http.ResponseWriter, r *http.Request, v any) bool {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		writeErr(w, http.StatusBadRequest, fmt.Errorf("admin: bad request: %w", err))
+		return false
+	}
+	return true
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+type errorBody struct {
+	Error string `json:"error"`
+}
+
+func writeErr(w http.ResponseWriter, status int, err error) {
+	writeJSON(w, status, errorBody{Error: err.Error()})
+}
+
+// Listen opens the admin socket at path: mode 0600, parent directory 0700.
+// A stale socket left by a crashed daemon is replaced; a live one means
+// another daemon owns this state directory, which is an error.
+func Listen(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("admin: %w", err)
+	}
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("admin: %s exists and is not a socket", path)
+		}
+		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("admin: another tsidp is serving on %s", path)
+		}
+		os.Remove(path)
+	}
+	// Between Listen and Chmod the socket has the umask's mode; that window
+	// is harmless because every accepted connection's peer uid is checked.
+	// (Changing the process umask instead would race other file creation.)
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("admin: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("admin: %w", err)
+	}
+	return &peerCheckListener{UnixListener: ln.(*net.UnixListener), uid: os.Getuid()}, nil
+}
+
+// peerCheckListener drops connections whose peer is neither the daemon's
+// own user nor root. The file mode should already prevent them; this holds
+// even if someone loosens the mode.
+type peerCheckListener struct {
+	*net.UnixListener
+	uid int
+}
+
+// ErrPeerNotAllowed is the reason a connection was refused.
+var ErrPeerNotAllowed = errors.New("admin: peer user is not allowed")
+
+func (l *peerCheckListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.UnixListener.AcceptUnix()
+		if err != nil {
+			return nil, err
+		}
+		uid, err := peerUID(c)
+		if err == nil && (uid == l.uid || uid == 0) {
+			return c, nil
+		}
+		c.Close()
+	}
+}
+
+// PeerUID returns the uid of the process on the other end of c.
+func peerUID(c *net.UnixConn) (int, error) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return -1, err
+	}
+	if cerr != nil {
+		return -1, cerr
+	}
+	return int(cred.Uid), nil
+}
+
+// Serve serves h on ln until ctx ends.
+func Serve(ctx context.Context, ln net.Listener, h http.Handler) error {
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 60 * time.Second}
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+	}()
+	err := srv.Serve(ln)
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}

@@ -1,0 +1,135 @@
+// Package client fetches tokens from tsidp. On a tailnet, the connection
+// itself is the credential: there is no secret to configure.
+package client
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Client requests tokens from one tsidp.
+type Client struct {
+	// URL is tsidp's base URL (the issuer), e.g. "http://tsidp.tail1234.ts.net".
+	URL string
+	// HTTPClient sends the requests; nil means a client with a 30s timeout.
+	// With tsnet, pass the node's HTTPClient().
+	HTTPClient *http.Client
+}
+
+// Request is a token request.
+type Request struct {
+	Audience string
+	Scope    string        // space-separated, optional
+	TTL      time.Duration // optional; tsidp clamps it to the audience's maximum
+}
+
+// Token is a successful answer.
+type Token struct {
+	AccessToken     string    `json:"access_token"`
+	TokenType       string    `json:"token_type"`
+	ExpiresIn       int64     `json:"expires_in"`
+	IssuedTokenType string    `json:"issued_token_type"`
+	Scope           string    `json:"scope,omitempty"`
+	Expiry          time.Time `json:"-"`
+}
+
+// Error is an RFC 6749 error answer.
+type Error struct {
+	Status      int    `json:"-"`
+	Code        string `json:"error"`
+	Description string `json:"error_description"`
+}
+
+func (e *Error) Error() string {
+	if e.Description == "" {
+		return fmt.Sprintf("tsidp: %s (HTTP %d)", e.Code, e.Status)
+	}
+	return fmt.Sprintf("tsidp: %s: %s (HTTP %d)", e.Code, e.Description, e.Status)
+}
+
+// Token asks for a token.
+func (c *Client) Token(ctx context.Context, r Request) (*Token, error) {
+	if r.Audience == "" {
+		return nil, errors.New("tsidp: an audience is required")
+	}
+	form := url.Values{"grant_type": {"client_credentials"}, "audience": {r.Audience}}
+	if r.Scope != "" {
+		form.Set("scope", r.Scope)
+	}
+	if r.TTL > 0 {
+		form.Set("ttl", strconv.FormatInt(int64(r.TTL/time.Second), 10))
+	}
+	req, err := http.NewRequestWithContext(ctx, "POST", strings.TrimSuffix(c.URL, "/")+"/token", strings.NewReader(form.Encode()))
+	if err != nil {
+		return nil, fmt.Errorf("tsidp: %w", err)
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Accept", "application/json")
+	hc := c.HTTPClient
+	if hc == nil {
+		hc = &http.Client{Timeout: 30 * time.Second}
+	}
+	start := time.Now()
+	res, err := hc.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("tsidp: %w", err)
+	}
+	defer res.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(res.Body, 1<<20))
+	if err != nil {
+		return nil, fmt.Errorf("tsidp: reading answer: %w", err)
+	}
+	if res.StatusCode != http.StatusOK {
+		e := &Error{Status: res.StatusCode}
+		if json.Unmarshal(body, e) != nil || e.Code == "" {
+			e.Code = "http_error"
+			e.Description = strings.TrimSpace(string(body[:min(len(body), 200)]))
+		}
+		return nil, e
+	}
+	var t Token
+	if err := json.Unmarshal(body, &t); err != nil || t.AccessToken == "" {
+		return nil, fmt.Errorf("tsidp: malformed token answer")
+	}
+	t.Expiry = start.Add(time.Duration(t.ExpiresIn) * time.Second)
+	return &t, nil
+}
+
+// TokenSource returns cached tokens for one request, fetching a new one when
+// the cached one has less than a fifth of its lifetime (at most a minute) left.
+// It is safe for concurrent use; concurrent callers share one fetch.
+type TokenSource struct {
+	Client  *Client
+	Request Request
+
+	mu  sync.Mutex
+	tok *Token
+}
+
+// Token returns a valid token.
+func (s *TokenSource) Token(ctx context.Context) (*Token, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if t := s.tok; t != nil {
+		life := time.Duration(t.ExpiresIn) * time.Second
+		margin := min(life/5, time.Minute)
+		if time.Until(t.Expiry) > margin {
+			return t, nil
+		}
+	}
+	t, err := s.Client.Token(ctx, s.Request)
+	if err != nil {
+		return nil, err
+	}
+	s.tok = t
+	return t, nil
+}

@@ -1,0 +1,329 @@
+// Package config is tsidp's configuration: the file format, its defaults and
+// its validation. Precedence is flags > environment > file > defaults; the
+// command line layer applies flags on top of a loaded Config before Validate.
+//
+// Loading is strict: an unknown key is an error that names the key and line,
+// because a misspelled security setting must never be silently ignored.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/tsidp/tsidp/pkg/identity"
+	"github.com/tsidp/tsidp/pkg/keys"
+	"github.com/tsidp/tsidp/pkg/policy"
+)
+
+// Config is the whole configuration file.
+type Config struct {
+	// Issuer is the "iss" of tokens and the base URL verifiers fetch
+	// discovery and JWKS from. Required, except with backend tsnet where
+	// it defaults to http://<node's MagicDNS name>.
+	Issuer string `yaml:"issuer"`
+	// StateDir holds keys (file store), the admin socket and tsnet state.
+	StateDir string `yaml:"state_dir"`
+	// Backend is "tailscale" (a local tailscaled) or "tsnet" (tsidp is its
+	// own node).
+	Backend string `yaml:"backend"`
+	// Listen lists TCP addresses to serve on with backend "tailscale".
+	Listen []string `yaml:"listen"`
+
+	Tailscale TailscaleConfig         `yaml:"tailscale"`
+	TSNet     identity.TSNetConfig    `yaml:"tsnet"`
+	Identity  identity.Rules          `yaml:"identity"`
+	Keys      KeysConfig              `yaml:"keys"`
+	Tokens    TokensConfig            `yaml:"tokens"`
+	Audiences []policy.AudienceConfig `yaml:"audiences"`
+	Grants    GrantsConfig            `yaml:"grants"`
+	Admin     AdminConfig             `yaml:"admin"`
+}
+
+// TailscaleConfig configures the "tailscale" backend.
+type TailscaleConfig struct {
+	// Socket is tailscaled's LocalAPI socket. Empty means the platform
+	// default (/var/run/tailscale/tailscaled.sock on Linux).
+	Socket string `yaml:"socket"`
+}
+
+// KeysConfig configures signing keys and their rotation.
+type KeysConfig struct {
+	// Store is "file" (keys under state_dir/keys) or
+	// "etcd://host:2379[,host:2379…]".
+	Store string `yaml:"store"`
+	// Algorithms lists the signing algorithms to keep keys for.
+	Algorithms []string `yaml:"algorithms"`
+	// RotationPeriod is how long a key signs before scheduled rotation;
+	// 0 disables scheduled rotation.
+	RotationPeriod *time.Duration `yaml:"rotation_period"`
+	// JWKSMaxAge is the Cache-Control max-age of the JWKS.
+	JWKSMaxAge time.Duration `yaml:"jwks_max_age"`
+	// ClockSkew is the tolerance assumed between tsidp and verifiers.
+	ClockSkew time.Duration `yaml:"clock_skew"`
+	// RSABits is the RSA key size for RS256.
+	RSABits int `yaml:"rsa_bits"`
+}
+
+// TokensConfig holds token defaults that audiences inherit.
+type TokensConfig struct {
+	DefaultTTL time.Duration `yaml:"default_ttl"`
+	MaxTTL     time.Duration `yaml:"max_ttl"`
+	Algorithm  string        `yaml:"algorithm"`
+}
+
+// GrantsConfig configures claims and audiences from tailnet policy grants.
+type GrantsConfig struct {
+	// Capability is the peer capability name to read, e.g.
+	// "example.com/cap/tsidp". Empty disables grants.
+	Capability string `yaml:"capability"`
+}
+
+// AdminConfig configures the operator surfaces.
+type AdminConfig struct {
+	// Socket is the admin API's unix socket. Default state_dir/admin.sock.
+	Socket string `yaml:"socket"`
+	// MetricsListen, if set, serves Prometheus metrics on this TCP address.
+	MetricsListen string `yaml:"metrics_listen"`
+}
+
+// Default values.
+const (
+	DefaultBackend   = "tailscale"
+	DefaultListen    = "127.0.0.1:8080"
+	DefaultStateDir  = "/var/lib/tsidp"
+	DefaultTTL       = time.Hour
+	DefaultMaxTTL    = 24 * time.Hour
+	DefaultAlgorithm = "ES256"
+)
+
+// Load reads a configuration file. An empty path returns the defaults.
+func Load(path string) (*Config, error) {
+	c := new(Config)
+	if path == "" {
+		return c, nil
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	defer f.Close()
+	// Bound what we read: a config file is small, and reading /dev/zero by
+	// mistake should fail rather than hang.
+	b, err := io.ReadAll(io.LimitReader(f, 1<<20+1))
+	if err != nil {
+		return nil, fmt.Errorf("config: %s: %w", path, err)
+	}
+	if len(b) > 1<<20 {
+		return nil, fmt.Errorf("config: %s: larger than 1 MiB", path)
+	}
+	if err := Parse(b, c); err != nil {
+		return nil, fmt.Errorf("config: %s: %w", path, err)
+	}
+	return c, nil
+}
+
+var unknownField = regexp.MustCompile(`line (\d+): field (\S+) not found in type (\S+)`)
+
+// Parse decodes YAML (or JSON, a subset of it) strictly into c.
+func Parse(b []byte, c *Config) error {
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(c); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil // an empty file is the defaults
+		}
+		var te *yaml.TypeError
+		if errors.As(err, &te) && len(te.Errors) > 0 {
+			msg := te.Errors[0]
+			if m := unknownField.FindStringSubmatch(msg); m != nil {
+				return fmt.Errorf("line %s: unknown key %q (in %s)", m[1], m[2], sectionOf(m[3]))
+			}
+			return errors.New(strings.TrimPrefix(msg, "yaml: "))
+		}
+		return errors.New(strings.TrimPrefix(err.Error(), "yaml: "))
+	}
+	var extra yaml.Node
+	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+		return errors.New("more than one YAML document")
+	}
+	return nil
+}
+
+func sectionOf(goType string) string {
+	switch goType {
+	case "config.Config":
+		return "top level"
+	case "config.KeysConfig":
+		return "keys"
+	case "config.TokensConfig":
+		return "tokens"
+	case "config.TailscaleConfig":
+		return "tailscale"
+	case "config.GrantsConfig":
+		return "grants"
+	case "config.AdminConfig":
+		return "admin"
+	case "identity.TSNetConfig":
+		return "tsnet"
+	case "identity.Rules":
+		return "identity"
+	case "policy.AudienceConfig":
+		return "audiences"
+	}
+	return goType
+}
+
+// Provision fills defaults for everything left unset.
+func (c *Config) Provision() {
+	if c.Backend == "" {
+		c.Backend = DefaultBackend
+	}
+	if c.StateDir == "" {
+		if d := os.Getenv("STATE_DIRECTORY"); d != "" { // systemd StateDirectory=
+			c.StateDir = d
+		} else {
+			c.StateDir = DefaultStateDir
+		}
+	}
+	if c.Backend == "tailscale" && len(c.Listen) == 0 {
+		c.Listen = []string{DefaultListen}
+	}
+	if c.Backend == "tsnet" {
+		c.TSNet.Provision(c.StateDir)
+	}
+	if c.Keys.Store == "" {
+		c.Keys.Store = "file"
+	}
+	if c.Tokens.DefaultTTL == 0 {
+		c.Tokens.DefaultTTL = DefaultTTL
+	}
+	if c.Tokens.MaxTTL == 0 {
+		c.Tokens.MaxTTL = max(DefaultMaxTTL, c.Tokens.DefaultTTL)
+	}
+	if c.Tokens.Algorithm == "" {
+		c.Tokens.Algorithm = DefaultAlgorithm
+	}
+	if c.Admin.Socket == "" {
+		c.Admin.Socket = filepath.Join(c.StateDir, "admin.sock")
+	}
+}
+
+// KeyPolicy returns the key-set policy the configuration implies. Call it
+// after Provision.
+func (c *Config) KeyPolicy() (keys.Policy, error) {
+	p := keys.Policy{
+		JWKSMaxAge:  c.Keys.JWKSMaxAge,
+		ClockSkew:   c.Keys.ClockSkew,
+		MaxTokenTTL: c.Tokens.MaxTTL,
+		RSABits:     c.Keys.RSABits,
+	}
+	for _, a := range c.Keys.Algorithms {
+		alg, err := keys.ParseAlgorithm(a)
+		if err != nil {
+			return keys.Policy{}, fmt.Errorf("keys.algorithms: %w", err)
+		}
+		p.Algorithms = append(p.Algorithms, alg)
+	}
+	p.Provision()
+	if c.Keys.RotationPeriod != nil {
+		// Set after Provision: an explicit 0 disables scheduled rotation
+		// rather than asking for the default.
+		p.RotationPeriod = *c.Keys.RotationPeriod
+	}
+	if err := p.Validate(); err != nil {
+		return keys.Policy{}, err
+	}
+	return p, nil
+}
+
+// Policy returns the audience policy. Call it after Provision.
+func (c *Config) Policy() (*policy.Policy, error) {
+	kp, err := c.KeyPolicy()
+	if err != nil {
+		return nil, err
+	}
+	d := policy.Defaults{TTL: c.Tokens.DefaultTTL, MaxTTL: c.Tokens.MaxTTL, Algorithm: c.Tokens.Algorithm}
+	for _, a := range kp.Algorithms {
+		d.Algorithms = append(d.Algorithms, string(a))
+	}
+	return policy.New(c.Audiences, d)
+}
+
+// Validate checks everything that can be checked without starting anything.
+// Call it after Provision and after flags were applied.
+func (c *Config) Validate() error {
+	switch c.Backend {
+	case "tailscale":
+		if len(c.Listen) == 0 {
+			return errors.New("config: listen: at least one address is required with backend tailscale")
+		}
+		for _, l := range c.Listen {
+			if _, _, err := net.SplitHostPort(l); err != nil {
+				return fmt.Errorf("config: listen %q: %v", l, err)
+			}
+		}
+		if c.Issuer == "" {
+			return errors.New("config: issuer is required with backend tailscale (the URL verifiers reach tsidp at)")
+		}
+	case "tsnet":
+		if err := c.TSNet.Validate(); err != nil {
+			return fmt.Errorf("config: %w", err)
+		}
+	default:
+		return fmt.Errorf("config: backend %q: must be \"tailscale\" or \"tsnet\"", c.Backend)
+	}
+	if c.Issuer != "" {
+		if err := validateIssuer(c.Issuer); err != nil {
+			return fmt.Errorf("config: issuer: %w", err)
+		}
+	}
+	if !filepath.IsAbs(c.StateDir) {
+		abs, err := filepath.Abs(c.StateDir)
+		if err != nil {
+			return fmt.Errorf("config: state_dir: %w", err)
+		}
+		c.StateDir = abs
+	}
+	if len(c.Admin.Socket) >= 104 {
+		return fmt.Errorf("config: admin socket path %q is too long for a unix socket (max 103 bytes); use a shorter state_dir or admin.socket", c.Admin.Socket)
+	}
+	if c.Tokens.DefaultTTL < policy.MinTTL {
+		return fmt.Errorf("config: tokens.default_ttl %v is shorter than %v", c.Tokens.DefaultTTL, policy.MinTTL)
+	}
+	if c.Tokens.MaxTTL < c.Tokens.DefaultTTL {
+		return fmt.Errorf("config: tokens.max_ttl %v is shorter than tokens.default_ttl %v", c.Tokens.MaxTTL, c.Tokens.DefaultTTL)
+	}
+	if _, err := c.Policy(); err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	if c.Keys.Store != "file" && !strings.HasPrefix(c.Keys.Store, "etcd://") {
+		return fmt.Errorf("config: keys.store %q: must be \"file\" or \"etcd://host:port[,host:port…]\"", c.Keys.Store)
+	}
+	return nil
+}
+
+func validateIssuer(s string) error {
+	u, err := url.Parse(s)
+	switch {
+	case err != nil:
+		return err
+	case u.Scheme != "https" && u.Scheme != "http":
+		return fmt.Errorf("%q must be an http or https URL", s)
+	case u.Host == "":
+		return fmt.Errorf("%q has no host", s)
+	case u.RawQuery != "" || u.Fragment != "":
+		return fmt.Errorf("%q must not have a query or fragment", s)
+	}
+	return nil
+}

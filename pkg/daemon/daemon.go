@@ -1,0 +1,323 @@
+// Package daemon wires tsidp's packages into a running issuer: key store and
+// manager, identity backend, enrichers, the HTTP server, the admin socket and
+// metrics. `tsidp serve` and `tsidp sandbox` both start tsidp through here, so
+// the sandbox exercises the same code path as production.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"tailscale.com/client/local"
+	"tailscale.com/tsweb/varz"
+
+	"github.com/tsidp/tsidp/pkg/admin"
+	"github.com/tsidp/tsidp/pkg/claims"
+	"github.com/tsidp/tsidp/pkg/config"
+	"github.com/tsidp/tsidp/pkg/grants"
+	"github.com/tsidp/tsidp/pkg/identity"
+	"github.com/tsidp/tsidp/pkg/keys"
+	"github.com/tsidp/tsidp/pkg/server"
+)
+
+// Options are the parts of a daemon that do not come from the config file.
+type Options struct {
+	// Version is reported by the admin API.
+	Version string
+	// Logf logs; nil means the standard logger.
+	Logf func(format string, args ...any)
+	// TSNetInMemory keeps the tsnet node's state in memory (sandbox).
+	TSNetInMemory bool
+}
+
+// Daemon is a running tsidp.
+type Daemon struct {
+	cfg    *config.Config
+	opts   Options
+	logf   func(string, ...any)
+	issuer string
+
+	store  keys.Store
+	keys   *keys.Manager
+	source identity.Source
+	node   *identity.TSNet // nil with backend tailscale
+	srv    *server.Server
+
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+	closers   []func()
+	httpSrvs  []*http.Server
+	addrs     []net.Addr
+	serveErrs chan error
+}
+
+// Start brings tsidp up and returns once it is serving. cfg must have been
+// provisioned and validated.
+func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, err error) {
+	logf := opts.Logf
+	if logf == nil {
+		logf = func(format string, args ...any) { fmt.Fprintf(os.Stderr, format+"\n", args...) }
+	}
+	runCtx, cancel := context.WithCancel(context.Background())
+	d := &Daemon{cfg: cfg, opts: opts, logf: logf, cancel: cancel, serveErrs: make(chan error, 8)}
+	defer func() {
+		if err != nil {
+			d.Close()
+		}
+	}()
+
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("tsidp: state dir: %w", err)
+	}
+	kp, err := cfg.KeyPolicy()
+	if err != nil {
+		return nil, fmt.Errorf("tsidp: %w", err)
+	}
+	pol, err := cfg.Policy()
+	if err != nil {
+		return nil, fmt.Errorf("tsidp: %w", err)
+	}
+
+	// Keys first: if the store is unusable there is nothing to serve.
+	d.store, err = OpenStore(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	d.closers = append(d.closers, func() { d.store.Close() })
+	d.keys, err = keys.NewManager(ctx, d.store, kp, logf)
+	if err != nil {
+		return nil, fmt.Errorf("tsidp: keys: %w", err)
+	}
+	d.goRun(func() { d.keys.Run(runCtx) })
+
+	// Identity backend, and the listeners that go with it.
+	var lns []net.Listener
+	switch cfg.Backend {
+	case "tailscale":
+		lc := &local.Client{Socket: cfg.Tailscale.Socket, UseSocketOnly: cfg.Tailscale.Socket != ""}
+		src := identity.NewLocalAPI(lc, cfg.Identity, logf)
+		d.closers = append(d.closers, func() { src.Close() })
+		d.source = src
+		for _, addr := range cfg.Listen {
+			ln, err := net.Listen("tcp", addr)
+			if err != nil {
+				closeAll(lns)
+				return nil, fmt.Errorf("tsidp: listen: %w", err)
+			}
+			lns = append(lns, ln)
+		}
+	case "tsnet":
+		tc := cfg.TSNet
+		tc.InMemory = tc.InMemory || opts.TSNetInMemory
+		node, err := identity.StartTSNet(ctx, tc, cfg.Identity, logf)
+		if err != nil {
+			return nil, fmt.Errorf("tsidp: %w", err)
+		}
+		d.node = node
+		d.closers = append(d.closers, func() { node.Close() })
+		d.source = node
+		if lns, err = node.Listen(tc.Listen); err != nil {
+			return nil, fmt.Errorf("tsidp: %w", err)
+		}
+	default:
+		return nil, fmt.Errorf("tsidp: unknown backend %q", cfg.Backend)
+	}
+	d.issuer = cfg.Issuer
+	if d.issuer == "" && d.node != nil {
+		d.issuer = d.tsnetIssuer(ctx)
+	}
+
+	var enrichers []claims.Enricher
+	if cfg.Grants.Capability != "" {
+		enrichers = append(enrichers, grants.New(cfg.Grants.Capability, logf))
+	}
+
+	algs := make([]string, 0, len(kp.Algorithms))
+	for _, a := range kp.Algorithms {
+		algs = append(algs, string(a))
+	}
+	d.srv, err = server.New(server.Config{
+		Issuer:     d.issuer,
+		Source:     d.source,
+		Signer:     d.keys,
+		Policy:     pol,
+		Enrichers:  enrichers,
+		Algorithms: algs,
+		JWKSMaxAge: kp.JWKSMaxAge,
+		Logf:       logf,
+		Ready: []server.Check{
+			{Name: "keys", Check: d.keysReady},
+		},
+	})
+	if err != nil {
+		closeAll(lns)
+		return nil, fmt.Errorf("tsidp: %w", err)
+	}
+	for _, ln := range lns {
+		d.serveHTTP(d.srv.NewHTTPServer(), ln)
+	}
+
+	// Operator surfaces.
+	aln, err := admin.Listen(cfg.Admin.Socket)
+	if err != nil {
+		return nil, fmt.Errorf("tsidp: %w", err)
+	}
+	d.closers = append(d.closers, func() { os.Remove(cfg.Admin.Socket) })
+	ah := admin.Handler(admin.Config{
+		Keys:    d.keys,
+		Version: opts.Version,
+		Issuer:  d.issuer,
+		Backend: cfg.Backend,
+		IdentityReady: func(ctx context.Context) error {
+			if c, ok := d.source.(identity.Checker); ok {
+				return c.Ready(ctx)
+			}
+			return nil
+		},
+		Logf: logf,
+	})
+	d.serveHTTP(&http.Server{Handler: ah, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 90 * time.Second}, aln)
+
+	if cfg.Admin.MetricsListen != "" {
+		mln, err := net.Listen("tcp", cfg.Admin.MetricsListen)
+		if err != nil {
+			return nil, fmt.Errorf("tsidp: metrics listen: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.HandleFunc("/metrics", varz.Handler)
+		d.serveHTTP(&http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}, mln)
+	}
+	publishMetrics(d.srv)
+	logf("tsidp: serving issuer %s (backend %s, store %s) on %s", d.issuer, cfg.Backend, cfg.Keys.Store, strings.Join(addrStrings(d.addrs), ", "))
+	return d, nil
+}
+
+// OpenStore opens the key store the configuration names.
+func OpenStore(ctx context.Context, cfg *config.Config) (keys.Store, error) {
+	switch {
+	case cfg.Keys.Store == "file":
+		st, err := keys.NewFileStore(filepath.Join(cfg.StateDir, "keys"))
+		if err != nil {
+			return nil, fmt.Errorf("tsidp: key store: %w", err)
+		}
+		return st, nil
+	default:
+		return nil, fmt.Errorf("tsidp: key store %q is not supported", cfg.Keys.Store)
+	}
+}
+
+// Issuer returns the issuer URL in use.
+func (d *Daemon) Issuer() string { return d.issuer }
+
+// Addrs returns the addresses the token endpoint listens on.
+func (d *Daemon) Addrs() []net.Addr { return d.addrs }
+
+// Keys returns the key manager.
+func (d *Daemon) Keys() *keys.Manager { return d.keys }
+
+// Node returns the tsnet node, or nil with backend tailscale.
+func (d *Daemon) Node() *identity.TSNet { return d.node }
+
+// Err returns a channel that receives the first fatal serving error.
+func (d *Daemon) Err() <-chan error { return d.serveErrs }
+
+// Close shuts everything down: listeners stop accepting, requests in flight
+// get a few seconds to finish, then backends and the store close.
+func (d *Daemon) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for _, s := range d.httpSrvs {
+		s.Shutdown(ctx)
+	}
+	d.cancel()
+	d.wg.Wait()
+	for i := len(d.closers) - 1; i >= 0; i-- {
+		d.closers[i]()
+	}
+	d.closers = nil
+	return nil
+}
+
+func (d *Daemon) goRun(f func()) {
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		f()
+	}()
+}
+
+func (d *Daemon) serveHTTP(s *http.Server, ln net.Listener) {
+	d.httpSrvs = append(d.httpSrvs, s)
+	if _, isUnix := ln.Addr().(*net.UnixAddr); !isUnix {
+		d.addrs = append(d.addrs, ln.Addr())
+	}
+	d.goRun(func() {
+		if err := s.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			select {
+			case d.serveErrs <- fmt.Errorf("tsidp: serving on %v: %w", ln.Addr(), err):
+			default:
+			}
+		}
+	})
+}
+
+// tsnetIssuer derives the issuer from the node's MagicDNS name.
+func (d *Daemon) tsnetIssuer(ctx context.Context) string {
+	lc, err := d.node.Server.LocalClient()
+	if err == nil {
+		if st, err := lc.StatusWithoutPeers(ctx); err == nil && st.Self != nil {
+			host := strings.TrimSuffix(st.Self.DNSName, ".")
+			port := ""
+			if l := d.cfg.TSNet.Listen; len(l) > 0 {
+				if _, p, _ := net.SplitHostPort(l[0]); p != "80" && p != "" {
+					port = ":" + p
+				}
+			}
+			return "http://" + host + port
+		}
+	}
+	return "http://" + d.cfg.TSNet.Hostname
+}
+
+func closeAll(lns []net.Listener) {
+	for _, ln := range lns {
+		ln.Close()
+	}
+}
+
+func addrStrings(as []net.Addr) []string {
+	out := make([]string, len(as))
+	for i, a := range as {
+		out[i] = a.String()
+	}
+	return out
+}
+
+var publishOnce sync.Once
+
+// publishMetrics exposes the first server's counters under "tsidp_" in
+// expvar, where varz renders them for Prometheus.
+func publishMetrics(s *server.Server) {
+	publishOnce.Do(func() {
+		expvarPublish("tsidp", s.Metrics())
+	})
+}
+
+// keysReady reports whether every configured algorithm has an active key.
+func (d *Daemon) keysReady(context.Context) error {
+	st := d.keys.Status(time.Now())
+	for _, a := range st.Algorithms {
+		if a.Active == "" {
+			return fmt.Errorf("keys: no active %s key", a.Algorithm)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,377 @@
+// Package server is tsidp's HTTP surface: discovery, JWKS, the token
+// endpoint and health checks, routed with chi.
+//
+// The caller's identity comes only from the connection's peer address, via an
+// identity.Source, resolved once per connection and reused for a bounded time.
+// No header is ever consulted for identity.
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"expvar"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"tailscale.com/metrics"
+
+	"github.com/tsidp/tsidp/pkg/claims"
+	"github.com/tsidp/tsidp/pkg/identity"
+	"github.com/tsidp/tsidp/pkg/keys"
+	"github.com/tsidp/tsidp/pkg/policy"
+)
+
+// Signer signs token payloads and publishes the verification keys.
+// *keys.Manager implements it.
+type Signer interface {
+	Sign(dst []byte, alg keys.Algorithm, payload []byte) ([]byte, string, error)
+	JWKS() (body []byte, etag string)
+}
+
+var _ Signer = (*keys.Manager)(nil)
+
+// Check is a named readiness check for /readyz.
+type Check struct {
+	Name  string
+	Check func(context.Context) error
+}
+
+// Config wires a Server.
+type Config struct {
+	// Issuer is the "iss" of every token and the base URL of the endpoints,
+	// without a trailing slash.
+	Issuer string
+	// Source identifies callers.
+	Source identity.Source
+	// Signer signs tokens and renders JWKS.
+	Signer Signer
+	// Policy holds the audiences.
+	Policy *policy.Policy
+	// Enrichers add claims, in merge order (tailnet grants, then plugins).
+	Enrichers []claims.Enricher
+	// Algorithms are the published signing algorithms, for discovery.
+	Algorithms []string
+	// JWKSMaxAge is the Cache-Control max-age of the JWKS. Key rotation
+	// publishes new keys at least this long (plus skew) before use.
+	JWKSMaxAge time.Duration
+	// IdentityCacheTTL bounds how long a connection's identity is reused
+	// before WhoIs is asked again. Default 30s.
+	IdentityCacheTTL time.Duration
+	// Ready lists extra readiness checks (key store, plugins).
+	Ready []Check
+	// Logf logs; nil discards.
+	Logf func(format string, args ...any)
+	// Now returns the current time; nil means time.Now.
+	Now func() time.Time
+}
+
+// Server serves tsidp's HTTP endpoints.
+type Server struct {
+	cfg       Config
+	router    chi.Router
+	discovery []byte
+	oauthMeta []byte
+	metrics   *serverMetrics
+}
+
+// Limits on what a caller can make the server read.
+const (
+	maxFormBytes   = 16 << 10
+	maxHeaderBytes = 16 << 10
+)
+
+// New validates cfg and builds the server.
+func New(cfg Config) (*Server, error) {
+	switch {
+	case cfg.Source == nil:
+		return nil, errors.New("server: no identity source")
+	case cfg.Signer == nil:
+		return nil, errors.New("server: no signer")
+	case cfg.Policy == nil:
+		return nil, errors.New("server: no policy")
+	}
+	iss := strings.TrimSuffix(cfg.Issuer, "/")
+	if iss == "" {
+		return nil, errors.New("server: no issuer")
+	}
+	cfg.Issuer = iss
+	if cfg.IdentityCacheTTL == 0 {
+		cfg.IdentityCacheTTL = 30 * time.Second
+	}
+	if cfg.Logf == nil {
+		cfg.Logf = func(string, ...any) {}
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	s := &Server{cfg: cfg, metrics: newServerMetrics()}
+	var err error
+	if s.discovery, s.oauthMeta, err = s.metadata(); err != nil {
+		return nil, err
+	}
+	r := chi.NewRouter()
+	r.Use(securityHeaders)
+	r.Get("/.well-known/openid-configuration", s.serveStatic(s.discovery))
+	r.Get("/.well-known/oauth-authorization-server", s.serveStatic(s.oauthMeta))
+	r.Get("/.well-known/jwks.json", s.serveJWKS)
+	r.Post("/token", s.serveToken)
+	r.Get("/healthz", s.serveHealthz)
+	r.Get("/readyz", s.serveReadyz)
+	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusMethodNotAllowed, "invalid_request", "method "+r.Method+" is not allowed here")
+	})
+	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "invalid_request", "no such endpoint")
+	})
+	s.router = r
+	return s, nil
+}
+
+// Handler returns the routed handler. Behind it, identity falls back to
+// r.RemoteAddr when the connection was not accepted by NewHTTPServer's server.
+func (s *Server) Handler() http.Handler { return s.router }
+
+// Metrics returns the server's counters for the metrics listener.
+func (s *Server) Metrics() expvar.Var { return s.metrics.root }
+
+// NewHTTPServer returns an http.Server for s with timeouts and size limits
+// set, and with per-connection identity caching wired in.
+func (s *Server) NewHTTPServer() *http.Server {
+	return &http.Server{
+		Handler:           s.router,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      15 * time.Second,
+		IdleTimeout:       90 * time.Second,
+		MaxHeaderBytes:    maxHeaderBytes,
+		ConnContext:       connContext,
+		ErrorLog:          nil,
+	}
+}
+
+// connState is the per-connection identity cache. Tailnet connections map
+// one-to-one to a peer node, so one WhoIs answers for every request on the
+// connection until the cache ages out.
+type connState struct {
+	peer netip.AddrPort
+
+	mu sync.Mutex
+	id *identity.Identity
+	at time.Time
+}
+
+type connKey struct{}
+
+func connContext(ctx context.Context, c net.Conn) context.Context {
+	return context.WithValue(ctx, connKey{}, &connState{peer: addrPortOf(c.RemoteAddr())})
+}
+
+func addrPortOf(a net.Addr) netip.AddrPort {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		ap := ta.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	ap, err := netip.ParseAddrPort(a.String())
+	if err != nil {
+		return netip.AddrPort{}
+	}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}
+
+// identify returns the caller's identity, from the connection cache when it
+// is fresh and the backend is still ready.
+func (s *Server) identify(r *http.Request) (*identity.Identity, error) {
+	cs, _ := r.Context().Value(connKey{}).(*connState)
+	if cs == nil {
+		ap, err := netip.ParseAddrPort(r.RemoteAddr)
+		if err != nil {
+			return nil, fmt.Errorf("%w: unparsable peer address", identity.ErrUnknownPeer)
+		}
+		return s.cfg.Source.Identify(r.Context(), netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
+	}
+	if !cs.peer.IsValid() {
+		return nil, fmt.Errorf("%w: connection without a peer address", identity.ErrUnknownPeer)
+	}
+	now := s.cfg.Now()
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	if cs.id != nil && now.Sub(cs.at) < s.cfg.IdentityCacheTTL {
+		// The cached identity is only as good as the backend: if tailscaled
+		// went away, answer 503 like an uncached request would.
+		if c, ok := s.cfg.Source.(identity.Checker); ok {
+			if err := c.Ready(r.Context()); err != nil {
+				return nil, err
+			}
+		}
+		return cs.id, nil
+	}
+	id, err := s.cfg.Source.Identify(r.Context(), cs.peer)
+	if err != nil {
+		cs.id = nil
+		return nil, err
+	}
+	cs.id, cs.at = id, now
+	return id, nil
+}
+
+func (s *Server) metadata() (discovery, oauth []byte, err error) {
+	iss := s.cfg.Issuer
+	algs := s.cfg.Algorithms
+	if algs == nil {
+		algs = []string{}
+	}
+	var scopes []string
+	for _, name := range s.cfg.Policy.Names() {
+		for _, sc := range s.cfg.Policy.Audience(name).Scopes {
+			if !contains(scopes, sc) {
+				scopes = append(scopes, sc)
+			}
+		}
+	}
+	common := map[string]any{
+		"issuer":                                iss,
+		"jwks_uri":                              iss + "/.well-known/jwks.json",
+		"token_endpoint":                        iss + "/token",
+		"grant_types_supported":                 []string{"client_credentials"},
+		"token_endpoint_auth_methods_supported": []string{"none"},
+		"response_types_supported":              []string{},
+	}
+	if len(scopes) > 0 {
+		common["scopes_supported"] = scopes
+	}
+	oidc := map[string]any{
+		"subject_types_supported":               []string{"public"},
+		"id_token_signing_alg_values_supported": algs,
+		"claims_supported": []string{
+			"iss", "sub", "aud", "exp", "iat", "nbf", "jti", "scope",
+			"user_id", "login_name", "preferred_username", "email", "name", "picture",
+			"tailnet", "node", "node_id", "tagged", "tags",
+		},
+	}
+	oauthDoc := map[string]any{"token_endpoint_auth_signing_alg_values_supported": algs}
+	for k, v := range common {
+		oidc[k] = v
+		oauthDoc[k] = v
+	}
+	if discovery, err = json.MarshalIndent(oidc, "", "  "); err != nil {
+		return nil, nil, err
+	}
+	if oauth, err = json.MarshalIndent(oauthDoc, "", "  "); err != nil {
+		return nil, nil, err
+	}
+	return discovery, oauth, nil
+}
+
+func contains(xs []string, x string) bool {
+	for _, y := range xs {
+		if y == x {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *Server) serveStatic(body []byte) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		h.Set("Content-Type", "application/json")
+		h.Set("Cache-Control", fmt.Sprintf("public, max-age=%d", int(s.cfg.JWKSMaxAge.Seconds())))
+		w.Write(body)
+	}
+}
+
+func (s *Server) serveJWKS(w http.ResponseWriter, r *http.Request) {
+	body, etag := s.cfg.Signer.JWKS()
+	h := w.Header()
+	h.Set("Cache-Control", fmt.Sprintf("public, max-age=%d", int(s.cfg.JWKSMaxAge.Seconds())))
+	h.Set("ETag", etag)
+	if etagMatches(r.Header.Get("If-None-Match"), etag) {
+		w.WriteHeader(http.StatusNotModified)
+		return
+	}
+	h.Set("Content-Type", "application/json")
+	w.Write(body)
+}
+
+// etagMatches implements If-None-Match's weak comparison over a list.
+func etagMatches(header, etag string) bool {
+	if header == "" || etag == "" {
+		return false
+	}
+	for _, t := range strings.Split(header, ",") {
+		t = strings.TrimSpace(t)
+		if t == "*" || strings.TrimPrefix(t, "W/") == strings.TrimPrefix(etag, "W/") {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *Server) serveHealthz(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Write([]byte("ok\n"))
+}
+
+// serveReadyz reports whether tokens can be issued now: the identity backend
+// answers and every extra check (key store, plugins) passes.
+func (s *Server) serveReadyz(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	type result struct {
+		Name  string `json:"name"`
+		OK    bool   `json:"ok"`
+		Error string `json:"error,omitempty"`
+	}
+	checks := s.cfg.Ready
+	if c, ok := s.cfg.Source.(identity.Checker); ok {
+		checks = append([]Check{{Name: "identity", Check: c.Ready}}, checks...)
+	}
+	status := "ready"
+	code := http.StatusOK
+	results := make([]result, 0, len(checks))
+	for _, c := range checks {
+		res := result{Name: c.Name, OK: true}
+		if err := c.Check(ctx); err != nil {
+			res.OK, res.Error = false, err.Error()
+			status, code = "not ready", http.StatusServiceUnavailable
+		}
+		results = append(results, res)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(map[string]any{"status": status, "checks": results})
+}
+
+func securityHeaders(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		h.Set("X-Content-Type-Options", "nosniff")
+		h.Set("Referrer-Policy", "no-referrer")
+		next.ServeHTTP(w, r)
+	})
+}
+
+type serverMetrics struct {
+	root     *metrics.Set
+	requests *metrics.LabelMap // by outcome
+	issued   *expvar.Int
+}
+
+func newServerMetrics() *serverMetrics {
+	m := &serverMetrics{
+		root:     new(metrics.Set),
+		requests: &metrics.LabelMap{Label: "outcome"},
+		issued:   new(expvar.Int),
+	}
+	m.root.Set("counter_token_requests", m.requests)
+	m.root.Set("counter_tokens_issued", m.issued)
+	return m
+}
