@@ -50,15 +50,15 @@ type Options struct {
 
 // Sandbox is a running sandbox.
 type Sandbox struct {
-	Control      *tailnet.Control
-	Daemon       *daemon.Daemon
-	Person       *tsnet.Server
-	Tagged       *tsnet.Server
-	Gateway      *tailnet.Gateway
-	TaggedGW     *tailnet.Gateway
-	StateDir     string
-	AdminSocket  string
-	removeState  bool
+	Control     *tailnet.Control
+	Daemon      *daemon.Daemon
+	Person      *tsnet.Server
+	Tagged      *tsnet.Server
+	Gateway     *tailnet.Gateway
+	TaggedGW    *tailnet.Gateway
+	StateDir    string
+	AdminSocket string
+	removeState bool
 }
 
 // Start brings the sandbox up. On error everything started is stopped.
