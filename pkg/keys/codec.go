@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
@@ -100,7 +99,7 @@ func marshalSet(s *Set, sl Sealer) ([]byte, error) {
 func encodeKey(k *Key, sl Sealer) (keyDoc, error) {
 	pj, err := publicJWKOf(k.Public)
 	if err != nil {
-		return keyDoc{}, fmt.Errorf("keys: key %s: %w", k.ID, err)
+		return keyDoc{}, wrapf(err, "key %s", k.ID)
 	}
 	d := keyDoc{
 		ID:        k.ID,
@@ -142,7 +141,7 @@ type corruptError struct {
 }
 
 func (e *corruptError) Error() string {
-	msg := strings.TrimPrefix(e.err.Error(), "keys: ")
+	msg := unprefixed(e.err)
 	if e.where == "" {
 		return "keys: corrupt key set: " + msg
 	}
@@ -187,7 +186,7 @@ func unmarshalSet(data []byte, sl Sealer, where string) (*Set, error) {
 			return nil, fmt.Errorf("keys: %sthe key set holds sealed private keys; reading it needs the sealing key", prefixWhere(where))
 		}
 		if err != nil {
-			return nil, corrupt("key #%d (%s): %w", i, d.ID, err)
+			return nil, &corruptError{where, wrapf(err, "key #%d (%s)", i, d.ID)}
 		}
 		set.Keys = append(set.Keys, k)
 	}

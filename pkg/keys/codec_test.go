@@ -165,6 +165,16 @@ func TestCodecErrors(t *testing.T) {
 				}
 			}
 		}), true, "2 active ES256 keys"},
+		{"EC private scalar of another key", edit(func(d map[string]any) {
+			ks := d["keys"].([]any)
+			var ecs []map[string]any
+			for _, k := range ks {
+				if k := k.(map[string]any); k["alg"] == "ES256" && k["private"] != nil {
+					ecs = append(ecs, k)
+				}
+			}
+			ecs[0]["private"].(map[string]any)["d"] = ecs[1]["private"].(map[string]any)["d"]
+		}), true, "EC private key does not match its public key"},
 		{"active without private", edit(func(d map[string]any) { delete(firstKey(d), "private") }), true, "has no private key"},
 		{"bad state", edit(func(d map[string]any) { firstKey(d)["state"] = "zombie" }), true, "unknown state"},
 	}

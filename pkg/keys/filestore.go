@@ -176,13 +176,13 @@ func (s *FileStore) lock(ctx context.Context) (unlock func(), err error) {
 		select {
 		case s.sem <- struct{}{}:
 		case <-ctx.Done():
-			return nil, fmt.Errorf("keys: waiting for the lock on %s: %w", s.lockPath, ctx.Err())
+			return nil, fmt.Errorf("keys: locking %s: another writer in this process holds the lock: %w", s.lockPath, ctx.Err())
 		}
 	}
 	funlock, err := s.fs.Lock(ctx, s.lockPath)
 	if err != nil {
 		<-s.sem
-		return nil, fmt.Errorf("keys: %w", err)
+		return nil, wrapf(err, "locking %s", s.lockPath)
 	}
 	return func() {
 		funlock()

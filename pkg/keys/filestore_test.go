@@ -312,7 +312,7 @@ func TestFileStoreLockWaitIsBounded(t *testing.T) {
 	defer cancel()
 	start := time.Now()
 	err = st.Save(ctx, ensured(t, testPolicy(ES256)))
-	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "waiting for the lock") {
+	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "holds the lock") {
 		t.Errorf("Save while locked = %v; want a lock wait error", err)
 	}
 	if d := time.Since(start); d > 5*time.Second {

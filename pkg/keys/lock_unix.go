@@ -31,11 +31,11 @@ func lockFile(ctx context.Context, path string) (func(), error) {
 		}
 		if !errors.Is(err, syscall.EWOULDBLOCK) && !errors.Is(err, syscall.EINTR) {
 			f.Close()
-			return nil, &os.PathError{Op: "flock", Path: path, Err: err}
+			return nil, fmt.Errorf("flock: %w", err)
 		}
 		if err := sleep(ctx, delay/2+rand.N(delay)); err != nil {
 			f.Close()
-			return nil, fmt.Errorf("waiting for the lock on %s (another process is writing keys): %w", path, err)
+			return nil, fmt.Errorf("another process is writing keys and holds the lock: %w", err)
 		}
 		delay = min(2*delay, 50*time.Millisecond)
 	}

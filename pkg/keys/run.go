@@ -45,7 +45,7 @@ func (m *Manager) reload(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, m.opTimeout)
 	defer cancel()
 	if err := m.Reload(ctx); err != nil && ctx.Err() == nil {
-		m.logf("keys: reloading the key set: %v", err)
+		m.logf("keys: reloading the key set (still using version %d): %s", m.Version(), unprefixed(err))
 	}
 }
 
@@ -74,7 +74,7 @@ func (m *Manager) maintain(ctx context.Context) {
 		return nil
 	})
 	if err != nil && ctx.Err() == nil {
-		m.logf("keys: scheduled key maintenance failed, will retry: %v", err)
+		m.logf("keys: scheduled key maintenance failed, will retry: %s", unprefixed(err))
 	}
 }
 

@@ -138,11 +138,11 @@ func (k *Key) check() error {
 		return fmt.Errorf("keys: key %s has no public key", k.ID)
 	}
 	if err := checkFits(k.Algorithm, k.Public); err != nil {
-		return fmt.Errorf("keys: key %s: %w", k.ID, err)
+		return wrapf(err, "key %s", k.ID)
 	}
 	tp, err := thumbprint(k.Public)
 	if err != nil {
-		return fmt.Errorf("keys: key %s: %w", k.ID, err)
+		return wrapf(err, "key %s", k.ID)
 	}
 	if tp != k.ID {
 		return fmt.Errorf("keys: key %q: kid is not the RFC 7638 thumbprint of its public key (%s)", k.ID, tp)

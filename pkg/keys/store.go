@@ -61,7 +61,7 @@ func Update(ctx context.Context, s Store, fn func(*Set) error) (*Set, error) {
 			return set, nil
 		}
 		if err := set.Check(); err != nil {
-			return nil, fmt.Errorf("keys: refusing to save an inconsistent key set: %w", err)
+			return nil, wrapf(err, "refusing to save an inconsistent key set")
 		}
 		err = s.Save(ctx, set)
 		if err == nil {
@@ -71,7 +71,7 @@ func Update(ctx context.Context, s Store, fn func(*Set) error) (*Set, error) {
 			return nil, err
 		}
 		if attempt == updateAttempts {
-			return nil, fmt.Errorf("keys: gave up after %d conflicting writes: %w", attempt, err)
+			return nil, wrapf(err, "gave up after %d conflicting writes", attempt)
 		}
 		// Full jitter, so that writers that collided spread out.
 		if err := sleep(ctx, rand.N(backoff)+1); err != nil {

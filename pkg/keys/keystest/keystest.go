@@ -113,7 +113,7 @@ func testRoundTrip(t *testing.T, st keys.Store) {
 			t.Errorf("key %s: loaded %s %s, saved %s %s", w.ID, g.Algorithm, g.State, w.Algorithm, w.State)
 		}
 		for _, tm := range []struct {
-			name     string
+			name      string
 			got, want time.Time
 		}{
 			{"Created", g.Created, w.Created},
