@@ -4,8 +4,13 @@
 package integration
 
 import (
+	"encoding/base64"
+	"encoding/json"
+	"net/http"
 	"os"
+	"strings"
 	"testing"
+	"time"
 )
 
 // shortTempDir returns a fresh directory with a short path: unix socket
@@ -18,4 +23,27 @@ func shortTempDir(t testing.TB) string {
 	}
 	t.Cleanup(func() { os.RemoveAll(d) })
 	return d
+}
+
+// httpClient is a plain client with a bound on every request.
+func httpClient() *http.Client { return &http.Client{Timeout: 15 * time.Second} }
+
+// kidOf returns the kid in a compact JWS's header, without verifying it.
+func kidOf(t testing.TB, token string) string {
+	t.Helper()
+	h, _, ok := strings.Cut(token, ".")
+	if !ok {
+		t.Fatalf("not a JWS: %q", token)
+	}
+	b, err := base64.RawURLEncoding.DecodeString(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hdr struct {
+		KID string `json:"kid"`
+	}
+	if err := json.Unmarshal(b, &hdr); err != nil || hdr.KID == "" {
+		t.Fatalf("header %s: %v", b, err)
+	}
+	return hdr.KID
 }

@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"time"
 
 	"tailscale.com/tsnet"
 
@@ -117,6 +118,15 @@ func Start(ctx context.Context, opts Options) (_ *Sandbox, err error) {
 	}
 	cfg.TSNet.Listen = []string{":80"}
 	cfg.Admin.Socket = "" // always <state-dir>/admin.sock, so `keys --state-dir` finds it
+	// Sandbox-sized key numbers: verifiers may cache the JWKS for 2s, so a
+	// freshly published next key may sign after 3s and `tsidp keys rotate`
+	// works moments after start — the guarantees still hold, just scaled.
+	if cfg.Keys.JWKSMaxAge == 0 {
+		cfg.Keys.JWKSMaxAge = 2 * time.Second
+	}
+	if cfg.Keys.ClockSkew == 0 {
+		cfg.Keys.ClockSkew = time.Second
+	}
 	if len(cfg.Audiences) == 0 {
 		cfg.Audiences = []policy.AudienceConfig{{Name: "sandbox", Allow: []string{"*"}}}
 	}
