@@ -131,6 +131,7 @@ func StartControl(cfg ControlConfig) (_ *Control, retErr error) {
 		AllNodesSameUser:       cfg.AllNodesSameUser,
 		RequireAuthKey:         cfg.RequireAuthKey,
 		ModifyFirstMapResponse: cfg.ModifyFirstMapResponse,
+		AllOnline:              true,
 	}
 	c.http = httptest.NewUnstartedServer(controlPaths(c.srv))
 	c.http.Listener.Close()
