@@ -46,8 +46,9 @@ type keyDoc struct {
 	Sealed    []byte          `json:"sealed_private,omitempty"`
 }
 
-// MarshalSet encodes s with its private keys as cleartext JWKs. Protect the
-// result accordingly: the file store keeps it 0600 in a 0700 directory.
+// MarshalSet encodes s with its private keys as cleartext JWKs, refusing a
+// set that fails Check. Protect the result accordingly: the file store
+// keeps it 0600 in a 0700 directory.
 func MarshalSet(s *Set) ([]byte, error) { return marshalSet(s, nil) }
 
 // MarshalSealedSet encodes s with every private key sealed by sl. Public
@@ -79,6 +80,11 @@ func UnmarshalSealedSet(data []byte, sl Sealer) (*Set, error) {
 func sealAD(kid string) []byte { return []byte("tsidp keys v1 private " + kid) }
 
 func marshalSet(s *Set, sl Sealer) ([]byte, error) {
+	// Never write what could not be read back: a store holding such a
+	// document would stop every reader.
+	if err := s.Check(); err != nil {
+		return nil, wrapf(err, "refusing to encode an inconsistent key set")
+	}
 	ks := slices.Clone(s.Keys)
 	slices.SortFunc(ks, compareKeys)
 	doc := setDoc{Format: FormatVersion, Version: s.Version, Keys: make([]keyDoc, 0, len(ks))}

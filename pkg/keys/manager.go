@@ -14,6 +14,12 @@ import (
 // JWKS, and changes the set (rotation, revocation, import) through its
 // Store. Signing reads an immutable compiled snapshot through an atomic
 // pointer, so it never waits for, or does, I/O.
+//
+// Several Managers may share a Store (the daemon and the CLI, or
+// replicas): their writes go through Update, and Run picks up the others'
+// changes. A next key reaches every replica's JWKS within the store's
+// change-notification delay (about a second for FileStore), which the
+// publication lead's clock skew covers.
 type Manager struct {
 	st   Store
 	p    Policy
@@ -49,11 +55,14 @@ func WithShouldRotate(f func() bool) ManagerOption {
 	return func(m *Manager) { m.shouldRotate = f }
 }
 
-// NewManager loads the key set from st, adds the keys p requires (saving
-// them with Update), and compiles it. logf, which may be nil, receives one
-// line per key event; lines name keys by kid and never hold private
-// material. p must be valid (see Policy.Validate); NewManager does not fill
-// defaults, because zero can be meaningful (RotationPeriod).
+// NewManager loads the key set from st, adds the keys p requires and
+// compiles it. Adding keys writes to st (through Update); tools that only
+// read, such as a key listing, should use Store.Load instead.
+//
+// p must be valid (see Policy.Validate). NewManager does not fill
+// defaults, because zero can be meaningful (RotationPeriod). logf, which
+// may be nil, receives one line per key event; lines name keys by kid and
+// never hold private material.
 func NewManager(ctx context.Context, st Store, p Policy, logf func(format string, args ...any), opts ...ManagerOption) (*Manager, error) {
 	if err := p.Validate(); err != nil {
 		return nil, err
@@ -141,7 +150,7 @@ func (m *Manager) Rotate(ctx context.Context, algs []Algorithm, force bool) erro
 			return fmt.Errorf("keys: cannot rotate %s: it is not one of the configured algorithms %v", a, m.p.Algorithms)
 		}
 	}
-	return m.update(ctx, func(s *Set, now time.Time) error {
+	_, err := m.update(ctx, func(s *Set, now time.Time) error {
 		if err := s.Ensure(now, m.p); err != nil {
 			return err
 		}
@@ -152,13 +161,15 @@ func (m *Manager) Rotate(ctx context.Context, algs []Algorithm, force bool) erro
 		}
 		return nil
 	})
+	return err
 }
 
 // Revoke revokes the key with the given kid; see Set.Revoke.
 func (m *Manager) Revoke(ctx context.Context, kid string) error {
-	return m.update(ctx, func(s *Set, now time.Time) error {
+	_, err := m.update(ctx, func(s *Set, now time.Time) error {
 		return s.Revoke(now, m.p, kid)
 	})
+	return err
 }
 
 // Import adds a private key given as PEM or JWK; see Set.Import.
@@ -168,7 +179,7 @@ func (m *Manager) Import(ctx context.Context, pemOrJWK []byte, alg Algorithm, ac
 		return KeyInfo{}, err
 	}
 	var kid string
-	err = m.update(ctx, func(s *Set, now time.Time) error {
+	set, err := m.update(ctx, func(s *Set, now time.Time) error {
 		k, err := s.Import(now, m.p, priv, alg, activate)
 		if err != nil {
 			return err
@@ -179,18 +190,18 @@ func (m *Manager) Import(ctx context.Context, pemOrJWK []byte, alg Algorithm, ac
 	if err != nil {
 		return KeyInfo{}, err
 	}
-	return m.cur.Load().set.Key(kid).Info(m.p), nil
+	return set.Key(kid).Info(m.p), nil
 }
 
-// update applies fn through Update and installs the result.
-func (m *Manager) update(ctx context.Context, fn func(s *Set, now time.Time) error) error {
+// update applies fn through Update, installs the result and returns it.
+func (m *Manager) update(ctx context.Context, fn func(s *Set, now time.Time) error) (*Set, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	set, err := Update(ctx, m.st, func(s *Set) error { return fn(s, m.now().UTC()) })
 	if err != nil {
-		return err
+		return nil, err
 	}
-	return m.install(set)
+	return set, m.install(set)
 }
 
 // Reload re-reads the store and, if the set changed, switches to it. A set

@@ -552,6 +552,28 @@ func TestManagerStatus(t *testing.T) {
 	if s := st.String(); !strings.Contains(s, "next_published_before_use 720h >= 1h2m: holds") {
 		t.Errorf("Status.String() =\n%s", s)
 	}
+
+	// The admin API sends Status as JSON: snake_case, readable durations,
+	// and a lossless round trip.
+	b, err := json.Marshal(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`"version":`, `"algorithms":[{"algorithm":"ES256","active":"`, `"next_signs_from":"`, `"have":"720h","need":"1h2m","holds":true`} {
+		if !bytes.Contains(b, []byte(want)) {
+			t.Errorf("Status JSON lacks %s:\n%s", want, b)
+		}
+	}
+	var back Status
+	if err := json.Unmarshal(b, &back); err != nil {
+		t.Fatal(err)
+	}
+	if back.String() != st.String() {
+		t.Errorf("Status JSON round trip changed it:\n%s\n%s", back, st)
+	}
+	if got := StatusOf(tm.cur.Load().set, p, t0); got.String() != st.String() {
+		t.Error("StatusOf differs from Manager.Status")
+	}
 }
 
 func TestManagerListJSON(t *testing.T) {

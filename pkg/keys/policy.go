@@ -1,6 +1,7 @@
 package keys
 
 import (
+	"encoding/json"
 	"fmt"
 	"strings"
 	"time"
@@ -147,12 +148,43 @@ func (p Policy) retention() time.Duration { return p.MaxTokenTTL + p.ClockSkew }
 
 // Guarantee is one lifecycle guarantee: what the configuration or the key
 // set provides (Have) against what verifiers need (Need).
+// In JSON, durations are Go duration strings ("1h2m").
 type Guarantee struct {
 	// Name is "next_published_before_use" or "retired_retention".
 	Name  string
 	Have  time.Duration
 	Need  time.Duration
 	Holds bool
+}
+
+type guaranteeJSON struct {
+	Name  string `json:"name"`
+	Have  string `json:"have"`
+	Need  string `json:"need"`
+	Holds bool   `json:"holds"`
+}
+
+// MarshalJSON implements json.Marshaler.
+func (g Guarantee) MarshalJSON() ([]byte, error) {
+	return json.Marshal(guaranteeJSON{g.Name, fmtDuration(g.Have), fmtDuration(g.Need), g.Holds})
+}
+
+// UnmarshalJSON implements json.Unmarshaler.
+func (g *Guarantee) UnmarshalJSON(b []byte) error {
+	var j guaranteeJSON
+	if err := json.Unmarshal(b, &j); err != nil {
+		return err
+	}
+	have, err := time.ParseDuration(j.Have)
+	if err != nil {
+		return fmt.Errorf("keys: guarantee %s: %w", j.Name, err)
+	}
+	need, err := time.ParseDuration(j.Need)
+	if err != nil {
+		return fmt.Errorf("keys: guarantee %s: %w", j.Name, err)
+	}
+	*g = Guarantee{Name: j.Name, Have: have, Need: need, Holds: j.Holds}
+	return nil
 }
 
 // String formats g for status output, e.g.

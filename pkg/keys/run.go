@@ -59,7 +59,7 @@ func (m *Manager) maintain(ctx context.Context) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, m.opTimeout)
 	defer cancel()
-	err := m.update(ctx, func(s *Set, now time.Time) error {
+	_, err := m.update(ctx, func(s *Set, now time.Time) error {
 		if err := s.Ensure(now, m.p); err != nil {
 			return err
 		}

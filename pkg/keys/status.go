@@ -6,60 +6,62 @@ import (
 	"time"
 )
 
-// Status summarizes a Manager's key set for operators.
+// Status summarizes a key set for operators (`tsidp keys list`, the admin
+// API).
 type Status struct {
-	// Version is the store version of the key set in use.
-	Version int64
+	// Version is the store version of the key set.
+	Version int64 `json:"version"`
 	// Guarantees are those the configured numbers give (Policy.Guarantees).
-	Guarantees []Guarantee
+	Guarantees []Guarantee `json:"guarantees"`
 	// Algorithms has one entry per configured algorithm.
-	Algorithms []AlgorithmStatus
+	Algorithms []AlgorithmStatus `json:"algorithms"`
 }
 
 // AlgorithmStatus describes the keys of one algorithm.
 type AlgorithmStatus struct {
-	Algorithm Algorithm
-	// Active is the kid of the signing key, ActiveSince when it started.
-	Active      string
-	ActiveSince time.Time
-	// ActivePublishedBeforeUse is how long the active key was in the JWKS
-	// before it signed: at least the publication lead after a normal
-	// rotation, 0 for the first key of an algorithm or a forced rotation.
-	ActivePublishedBeforeUse time.Duration
+	Algorithm Algorithm `json:"algorithm"`
+	// Active is the kid of the signing key, ActiveSince when it started and
+	// ActivePublished when it entered the JWKS: at least the publication
+	// lead earlier after a normal rotation, at the same time for the first
+	// key of an algorithm or after a forced rotation.
+	Active          string    `json:"active"`
+	ActiveSince     time.Time `json:"active_since,omitzero"`
+	ActivePublished time.Time `json:"active_published,omitzero"`
 	// Next is the kid of the next key, published at NextPublished and
 	// allowed to sign from NextSignsFrom.
-	Next          string
-	NextPublished time.Time
-	NextSignsFrom time.Time
+	Next          string    `json:"next"`
+	NextPublished time.Time `json:"next_published,omitzero"`
+	NextSignsFrom time.Time `json:"next_signs_from,omitzero"`
 	// NextRotation is when scheduled rotation will happen; zero if it is
 	// disabled.
-	NextRotation time.Time
+	NextRotation time.Time `json:"next_rotation,omitzero"`
 	// RotationDue reports whether scheduled rotation is due at the time
 	// Status was asked for.
-	RotationDue bool
+	RotationDue bool `json:"rotation_due"`
 	// Retired counts retired keys still published.
-	Retired int
+	Retired int `json:"retired"`
 	// Guarantees as the current keys give them:
 	// next_published_before_use is from the next key's publication to the
 	// earliest time it will sign without force; retired_retention is the
 	// shortest time a retired key stays published after it stopped
 	// signing (the policy's, if there are no retired keys).
-	Guarantees []Guarantee
+	Guarantees []Guarantee `json:"guarantees"`
 }
 
 // Status reports the key set in use at time now.
 func (m *Manager) Status(now time.Time) Status {
-	return statusOf(m.cur.Load().set, m.p, now)
+	return StatusOf(m.cur.Load().set, m.p, now)
 }
 
-func statusOf(s *Set, p Policy, now time.Time) Status {
+// StatusOf reports the status of s under policy p at time now, for tools
+// that read a store without running a Manager.
+func StatusOf(s *Set, p Policy, now time.Time) Status {
 	st := Status{Version: s.Version, Guarantees: p.Guarantees()}
 	for _, alg := range p.Algorithms {
 		as := AlgorithmStatus{Algorithm: alg}
 		lead := p.publishLead()
 		if k := s.Active(alg); k != nil {
-			as.Active, as.ActiveSince = k.ID, k.Activated
-			as.ActivePublishedBeforeUse = max(0, k.Activated.Sub(k.Published))
+			as.Active, as.ActiveSince, as.ActivePublished = k.ID, k.Activated, k.Published
 		}
 		if k := s.Next(alg); k != nil {
 			as.Next, as.NextPublished, as.NextSignsFrom = k.ID, k.Published, k.signsFrom(p)
