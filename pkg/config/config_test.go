@@ -1,0 +1,139 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tsidp/tsidp/pkg/policy"
+)
+
+// docBlocks returns the ```yaml blocks of a doc file.
+func docBlocks(t *testing.T, path string) []string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var blocks []string
+	for _, m := range regexp.MustCompile("(?s)```yaml\n(.*?)```").FindAllStringSubmatch(string(b), -1) {
+		blocks = append(blocks, m[1])
+	}
+	return blocks
+}
+
+func TestDocExampleIsValid(t *testing.T) {
+	blocks := docBlocks(t, "../../docs/config.md")
+	if len(blocks) == 0 {
+		t.Fatal("docs/config.md has no yaml block")
+	}
+	for _, b := range blocks {
+		var c Config
+		if err := Parse([]byte(b), &c); err != nil {
+			t.Fatalf("docs/config.md example does not parse: %v", err)
+		}
+		c.StateDir = t.TempDir()
+		c.Provision()
+		if err := c.Validate(); err != nil {
+			t.Fatalf("docs/config.md example is invalid: %v", err)
+		}
+		if c.Audiences[0].MaxTTL != time.Hour || len(c.Keys.Algorithms) != 3 || *c.Keys.RotationPeriod != 720*time.Hour {
+			t.Errorf("parsed example = %+v", c)
+		}
+	}
+}
+
+func TestUnknownKeysAreErrors(t *testing.T) {
+	tests := []struct{ yaml, want string }{
+		{"isuer: x\n", `line 1: unknown key "isuer" (in top level)`},
+		{"keys:\n  rotation: 1h\n", `line 2: unknown key "rotation" (in keys)`},
+		{"audiences:\n  - name: a\n    alow: ['*']\n", `line 3: unknown key "alow" (in audiences)`},
+		{"tsnet:\n  authkey: x\n", `unknown key "authkey" (in tsnet)`},
+		{"identity:\n  allow_sharee: true\n", `unknown key "allow_sharee" (in identity)`},
+		{"tokens:\n  default_ttl: soon\n", "soon"},
+		{"issuer: x\n---\nissuer: y\n", "more than one"},
+	}
+	for _, tt := range tests {
+		var c Config
+		err := Parse([]byte(tt.yaml), &c)
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("Parse(%q) = %v, want error containing %q", tt.yaml, err, tt.want)
+		}
+	}
+}
+
+func TestLoad(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "c.json")
+	os.WriteFile(p, []byte(`{"issuer": "https://idp.example", "audiences": [{"name": "a", "allow": ["*"]}]}`), 0o600)
+	c, err := Load(p)
+	if err != nil || c.Issuer != "https://idp.example" {
+		t.Fatalf("JSON config: %+v, %v", c, err)
+	}
+	if _, err := Load(filepath.Join(dir, "missing")); err == nil {
+		t.Error("missing file loaded")
+	}
+	empty := filepath.Join(dir, "empty.yaml")
+	os.WriteFile(empty, nil, 0o600)
+	if _, err := Load(empty); err != nil {
+		t.Errorf("empty file: %v", err)
+	}
+}
+
+func TestValidate(t *testing.T) {
+	base := func() *Config {
+		return &Config{Issuer: "https://idp.example", StateDir: "/var/lib/tsidp"}
+	}
+	dur := func(d time.Duration) *time.Duration { return &d }
+	tests := []struct {
+		name   string
+		mutate func(*Config)
+		want   string
+	}{
+		{"ok", func(*Config) {}, ""},
+		{"no issuer", func(c *Config) { c.Issuer = "" }, "issuer is required"},
+		{"issuer not a URL", func(c *Config) { c.Issuer = "idp.example" }, "http or https"},
+		{"issuer with query", func(c *Config) { c.Issuer = "https://idp.example/?a=b" }, "query"},
+		{"bad backend", func(c *Config) { c.Backend = "x" }, "backend"},
+		{"bad listen", func(c *Config) { c.Listen = []string{"8080"} }, "listen"},
+		{"rotation shorter than jwks max age", func(c *Config) { c.Keys.RotationPeriod = dur(30 * time.Minute) }, "rotation_period"},
+		{"rotation disabled", func(c *Config) { c.Keys.RotationPeriod = dur(0) }, ""},
+		{"bad algorithm", func(c *Config) { c.Keys.Algorithms = []string{"HS256"} }, "HS256"},
+		{"audience alg not in keys", func(c *Config) {
+			c.Keys.Algorithms = []string{"ES256"}
+			c.Tokens.Algorithm = "RS256"
+			c.Audiences = []policy.AudienceConfig{{Name: "a", Allow: []string{"*"}}}
+		}, "not one of"},
+		{"ttl too short", func(c *Config) { c.Tokens.DefaultTTL = time.Second }, "default_ttl"},
+		{"store", func(c *Config) { c.Keys.Store = "s3://bucket" }, "keys.store"},
+		{"long socket", func(c *Config) { c.StateDir = "/" + strings.Repeat("d", 120) }, "too long"},
+		{"tsnet control url", func(c *Config) { c.Backend = "tsnet"; c.TSNet.ControlURL = "ftp://x" }, "control_url"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := base()
+			tt.mutate(c)
+			c.Provision()
+			err := c.Validate()
+			if (err == nil) != (tt.want == "") || (err != nil && !strings.Contains(err.Error(), tt.want)) {
+				t.Errorf("Validate = %v, want %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestProvisionDefaults(t *testing.T) {
+	c := &Config{}
+	c.Provision()
+	if c.Backend != "tailscale" || c.Listen[0] != DefaultListen || c.Keys.Store != "file" || c.Tokens.DefaultTTL != time.Hour ||
+		c.Tokens.MaxTTL != 24*time.Hour || c.Tokens.Algorithm != "ES256" || c.Admin.Socket != filepath.Join(c.StateDir, "admin.sock") {
+		t.Errorf("defaults = %+v", c)
+	}
+	kp, err := c.KeyPolicy()
+	if err != nil || kp.MaxTokenTTL != 24*time.Hour || kp.RotationPeriod != 720*time.Hour {
+		t.Errorf("key policy = %+v, %v", kp, err)
+	}
+}
