@@ -131,6 +131,10 @@ func ensureBinaries(ctx context.Context, root, ver string) (string, string, erro
 	if err := checkBinaries(filepath.Join(tmp, "tailscaled"), filepath.Join(tmp, "tailscale"), ver); err != nil {
 		return "", "", fmt.Errorf("harness: fresh build is unusable: %w", err)
 	}
+	// MkdirTemp makes the dir 0700; the cache is as readable as GOCACHE.
+	if err := os.Chmod(tmp, 0o755); err != nil {
+		return "", "", fmt.Errorf("harness: %w", err)
+	}
 	// A stale or partial dir is only ever replaced under the lock.
 	if err := os.RemoveAll(dir); err != nil {
 		return "", "", fmt.Errorf("harness: %w", err)
