@@ -89,7 +89,9 @@ func (s *LocalAPI) Identify(ctx context.Context, peer netip.AddrPort) (*Identity
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.whoisTimeout)
 	defer cancel()
-	who, err := s.client.WhoIs(ctx, peer.String())
+	// tsidp only serves TCP; asking for TCP alone spares an unknown peer
+	// tailscaled's UDP fallback, which doubles the time to say "not found".
+	who, err := s.client.WhoIsProto(ctx, "tcp", peer.String())
 	switch {
 	case errors.Is(err, local.ErrPeerNotFound):
 		return nil, fmt.Errorf("identity: whois %v: %w", peer, ErrUnknownPeer)

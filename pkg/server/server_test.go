@@ -1,0 +1,310 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
+
+	"github.com/tsidp/tsidp/pkg/claims"
+	"github.com/tsidp/tsidp/pkg/identity"
+	"github.com/tsidp/tsidp/pkg/keys"
+	"github.com/tsidp/tsidp/pkg/policy"
+)
+
+// staticSource is a stand-in identity source for unit tests of the HTTP
+// layer: it counts lookups and can be switched to "down". Real WhoIs answers
+// are tested through real tailnets in pkg/sandbox and integration/.
+type staticSource struct {
+	id    *identity.Identity
+	calls atomic.Int64
+	down  atomic.Bool
+}
+
+func (s *staticSource) Identify(ctx context.Context, peer netip.AddrPort) (*identity.Identity, error) {
+	s.calls.Add(1)
+	if s.down.Load() {
+		return nil, fmt.Errorf("test: %w", identity.ErrUnavailable)
+	}
+	return s.id, nil
+}
+
+func (s *staticSource) Ready(context.Context) error {
+	if s.down.Load() {
+		return identity.ErrUnavailable
+	}
+	return nil
+}
+
+var alice = &identity.Identity{Subject: "user:1", UserID: "1", LoginName: "alice@example.com", DisplayName: "Alice",
+	NodeName: "laptop.tail1.ts.net", NodeID: "nL", Tailnet: "tail1.ts.net"}
+
+var (
+	managerOnce sync.Once
+	manager     *keys.Manager
+)
+
+func testManager(t testing.TB) *keys.Manager {
+	t.Helper()
+	managerOnce.Do(func() {
+		dir, err := newTempDir()
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := keys.NewFileStore(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := keys.Policy{}
+		p.Provision()
+		manager, err = keys.NewManager(context.Background(), st, p, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+	})
+	return manager
+}
+
+func newTestServer(t testing.TB, src identity.Source, enrichers ...claims.Enricher) *Server {
+	t.Helper()
+	pol, err := policy.New([]policy.AudienceConfig{
+		{Name: "api", Allow: []string{"*@example.com"}},
+		{Name: "eddsa", Allow: []string{"*"}, Algorithm: "EdDSA"},
+		{Name: "rsa", Allow: []string{"*"}, Algorithm: "RS256"},
+		{Name: "eng", Allow: []string{"group:eng"}},
+	}, policy.Defaults{TTL: time.Hour, MaxTTL: 24 * time.Hour, Algorithm: "ES256"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(Config{Issuer: "https://idp.example", Source: src, Signer: testManager(t), Policy: pol,
+		Enrichers: enrichers, Algorithms: []string{"ES256", "RS256", "EdDSA"}, JWKSMaxAge: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// serveReal serves s on a real loopback listener with NewHTTPServer, so
+// per-connection state works as in production.
+func serveReal(t testing.TB, s *Server) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := s.NewHTTPServer()
+	go hs.Serve(ln)
+	t.Cleanup(func() { hs.Close() })
+	return "http://" + ln.Addr().String()
+}
+
+func TestIdentityResolvedOncePerConnection(t *testing.T) {
+	src := &staticSource{id: alice}
+	base := serveReal(t, newTestServer(t, src))
+	tr := &http.Transport{MaxIdleConnsPerHost: 1}
+	defer tr.CloseIdleConnections()
+	hc := &http.Client{Transport: tr}
+	for i := 0; i < 5; i++ {
+		res, err := hc.PostForm(base+"/token", url.Values{"audience": {"api"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		if res.StatusCode != 200 {
+			t.Fatalf("request %d: %d", i, res.StatusCode)
+		}
+	}
+	if n := src.calls.Load(); n != 1 {
+		t.Errorf("5 requests on one connection made %d identity lookups, want 1", n)
+	}
+	// A new connection looks up again.
+	tr.CloseIdleConnections()
+	res, err := hc.PostForm(base+"/token", url.Values{"audience": {"api"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if n := src.calls.Load(); n != 2 {
+		t.Errorf("after a new connection: %d lookups, want 2", n)
+	}
+}
+
+func TestCachedIdentityStillFailsClosed(t *testing.T) {
+	src := &staticSource{id: alice}
+	base := serveReal(t, newTestServer(t, src))
+	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1}}
+	post := func() (int, map[string]any) {
+		res, err := hc.PostForm(base+"/token", url.Values{"audience": {"api"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer res.Body.Close()
+		var m map[string]any
+		json.NewDecoder(res.Body).Decode(&m)
+		return res.StatusCode, m
+	}
+	if code, _ := post(); code != 200 {
+		t.Fatal(code)
+	}
+	src.down.Store(true) // tailscaled stops while the connection stays open
+	code, body := post()
+	if code != 503 || body["error"] != "temporarily_unavailable" || body["access_token"] != nil {
+		t.Errorf("backend down with a cached identity: %d %v", code, body)
+	}
+}
+
+// denyEnricher refuses everything; failingEnricher cannot answer.
+type denyEnricher struct{}
+
+func (denyEnricher) Name() string { return "deny" }
+func (denyEnricher) Enrich(context.Context, *claims.Request) (*claims.Result, error) {
+	return &claims.Result{Deny: true, Reason: "not on the list"}, nil
+}
+
+type failingEnricher struct{}
+
+func (failingEnricher) Name() string { return "ldap" }
+func (failingEnricher) Enrich(context.Context, *claims.Request) (*claims.Result, error) {
+	return nil, errors.New("connection refused")
+}
+
+type groupsEnricher struct{ claims []claims.Claim }
+
+func (groupsEnricher) Name() string { return "groups" }
+func (g groupsEnricher) Enrich(context.Context, *claims.Request) (*claims.Result, error) {
+	return &claims.Result{Claims: g.claims, MaxTTL: 5 * time.Minute}, nil
+}
+
+func TestEnrichers(t *testing.T) {
+	post := func(s *Server, aud string) (int, map[string]any) {
+		req := httptest.NewRequest("POST", "/token", strings.NewReader("audience="+aud))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.RemoteAddr = "100.64.0.5:4242"
+		rec := httptest.NewRecorder()
+		s.Handler().ServeHTTP(rec, req)
+		var m map[string]any
+		json.Unmarshal(rec.Body.Bytes(), &m)
+		return rec.Code, m
+	}
+	src := &staticSource{id: alice}
+
+	if code, m := post(newTestServer(t, src, denyEnricher{}), "api"); code != 403 || m["error_description"] != "not on the list" {
+		t.Errorf("deny: %d %v", code, m)
+	}
+	if code, m := post(newTestServer(t, src, failingEnricher{}), "api"); code != 503 || m["access_token"] != nil {
+		t.Errorf("failing enricher: %d %v", code, m)
+	}
+	// Without the groups claim, alice may not use "eng"; with it she may,
+	// and the enricher's TTL cap and claims reach the token, minus the
+	// reserved claim it tried to set.
+	if code, _ := post(newTestServer(t, src), "eng"); code != 403 {
+		t.Errorf("eng without groups: %d", code)
+	}
+	g := groupsEnricher{claims: []claims.Claim{
+		{Name: "groups", Value: json.RawMessage(`["eng"]`)},
+		{Name: "sub", Value: json.RawMessage(`"user:0"`)},
+	}}
+	code, m := post(newTestServer(t, src, g), "eng")
+	if code != 200 || m["expires_in"] != float64(300) {
+		t.Fatalf("eng with groups: %d %v", code, m)
+	}
+	c := verify(t, m["access_token"].(string), "ES256")
+	if c["sub"] != "user:1" || fmt.Sprint(c["groups"]) != "[eng]" {
+		t.Errorf("claims = %v", c)
+	}
+}
+
+func verify(t testing.TB, token, alg string) map[string]any {
+	t.Helper()
+	body, _ := testManager(t).JWKS()
+	var set jose.JSONWebKeySet
+	if err := json.Unmarshal(body, &set); err != nil {
+		t.Fatal(err)
+	}
+	tok, err := jwt.ParseSigned(token, []jose.SignatureAlgorithm{jose.SignatureAlgorithm(alg)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c map[string]any
+	if err := tok.Claims(set.Key(tok.Headers[0].KeyID)[0].Key, &c); err != nil {
+		t.Fatalf("signature: %v", err)
+	}
+	return c
+}
+
+func TestDiscovery(t *testing.T) {
+	s := newTestServer(t, &staticSource{id: alice})
+	for _, p := range []string{"/.well-known/openid-configuration", "/.well-known/oauth-authorization-server"} {
+		rec := httptest.NewRecorder()
+		s.Handler().ServeHTTP(rec, httptest.NewRequest("GET", p, nil))
+		var m map[string]any
+		if err := json.Unmarshal(rec.Body.Bytes(), &m); err != nil || rec.Code != 200 {
+			t.Fatalf("%s: %d %v", p, rec.Code, err)
+		}
+		if m["issuer"] != "https://idp.example" || m["token_endpoint"] != "https://idp.example/token" ||
+			m["jwks_uri"] != "https://idp.example/.well-known/jwks.json" {
+			t.Errorf("%s = %v", p, m)
+		}
+	}
+}
+
+// BenchmarkToken measures the whole /token handler — form parsing, cached
+// identity, policy, claims encoding, signing, response — per algorithm.
+// Identity comes from a static source: a real WhoIs costs ~250µs once per
+// connection and is measured separately (docs/performance.md).
+func BenchmarkToken(b *testing.B) {
+	for _, aud := range []struct{ name, alg string }{{"api", "ES256"}, {"eddsa", "EdDSA"}, {"rsa", "RS256"}} {
+		b.Run(aud.alg, func(b *testing.B) {
+			s := newTestServer(b, &staticSource{id: alice})
+			h := s.Handler()
+			body := "grant_type=client_credentials&audience=" + aud.name
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				// One connection state per goroutine, as with keep-alive.
+				ctx := connContext(context.Background(), fakeConn{})
+				rec := &discardWriter{h: make(http.Header)}
+				for pb.Next() {
+					req := httptest.NewRequest("POST", "/token", strings.NewReader(body)).WithContext(ctx)
+					req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+					rec.reset()
+					h.ServeHTTP(rec, req)
+					if rec.code != 200 {
+						b.Fatalf("status %d", rec.code)
+					}
+				}
+			})
+		})
+	}
+}
+
+type discardWriter struct {
+	h    http.Header
+	code int
+}
+
+func (w *discardWriter) Header() http.Header         { return w.h }
+func (w *discardWriter) WriteHeader(c int)           { w.code = c }
+func (w *discardWriter) Write(p []byte) (int, error) { return len(p), nil }
+func (w *discardWriter) reset() {
+	clear(w.h)
+	w.code = 200
+}
+
+type fakeConn struct{ net.Conn }
+
+func (fakeConn) RemoteAddr() net.Addr { return &net.TCPAddr{IP: net.IPv4(100, 64, 0, 5), Port: 4242} }
