@@ -21,7 +21,7 @@
 // A [Store] holds one versioned [Set]. Writers use [Update], a
 // load-modify-compare-and-swap loop, so a daemon, the CLI and replicas can
 // all write without losing each other's changes. [FileStore] is the embedded
-// default; [keystest.RunStoreTests] is the conformance suite every store must
+// default; package keystest holds the conformance suite every store must
 // pass.
 //
 // # Signing
