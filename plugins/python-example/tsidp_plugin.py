@@ -9,6 +9,7 @@ gen/ (regenerate them with gen.sh).
 """
 
 import base64
+import ctypes
 import datetime
 import json
 import os
@@ -122,11 +123,19 @@ class _Claims(claims_pb2_grpc.ClaimsPluginServicer):
         return self._plugin.enrich(request, context)
 
 
+def _die_with_parent():
+    """Asks Linux to kill this process when its parent (tsidp) dies."""
+    if sys.platform.startswith("linux"):
+        PR_SET_PDEATHSIG, SIGKILL = 1, 9
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0)
+
+
 def serve(plugin):
     """Runs plugin until tsidp stops it. Never returns."""
     if os.environ.get(MAGIC_COOKIE_KEY) != MAGIC_COOKIE_VALUE:
         sys.stderr.write("This is a tsidp plugin: tsidp starts it (see docs/plugins.md).\n")
         sys.exit(1)
+    _die_with_parent()
     versions = os.environ.get("PLUGIN_PROTOCOL_VERSIONS", str(APP_PROTOCOL_VERSION)).split(",")
     if str(APP_PROTOCOL_VERSION) not in versions:
         sys.stderr.write("tsidp speaks plugin protocol versions %s, this plugin %d\n" % (versions, APP_PROTOCOL_VERSION))

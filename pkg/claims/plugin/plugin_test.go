@@ -710,11 +710,12 @@ func listDir(t *testing.T, dir string) []string {
 
 // TestShellWrapperKilledWithItsChild covers the "sh -c" trap from the
 // other side: a wrapper script (allowed, it is a file) that runs the plugin
-// without exec. When the plugin hangs, the whole process group is killed,
-// so neither the wrapper nor the plugin survives and nothing hangs.
+// without exec, and a plugin that ignores SIGHUP. When the plugin hangs,
+// it is replaced, neither the wrapper nor the plugin survives, and nothing
+// hangs.
 func TestShellWrapperKilledWithItsChild(t *testing.T) {
 	script := filepath.Join(t.TempDir(), "wrapper")
-	os.WriteFile(script, []byte("#!/bin/sh\n"+testPlugin.path+" \"$@\"\n"), 0o755)
+	os.WriteFile(script, []byte("#!/bin/sh\n"+testPlugin.path+" -ignore-hup \"$@\"\n"), 0o755)
 	sum, _ := FileSHA256(script)
 	cfg := Config{Name: "wrapped", Path: script, SHA256: sum, Timeout: 300 * time.Millisecond}
 	m, _ := startManager(t, Options{}, cfg)
@@ -759,50 +760,70 @@ func parentPID(t *testing.T, pid int) int {
 const hostChildEnv = "TSIDP_PLUGIN_TEST_HOST"
 
 // hostChild runs as a separate tsidp-like host process: it starts the
-// test plugin, prints the plugin's PID and waits to be killed.
+// plugin at $TP_PATH, prints the PIDs of the process it started and of the
+// process that answers (different for a wrapper script), and waits to be
+// killed.
 func hostChild() {
-	cfg := Config{Name: "test", Path: os.Getenv("TP_PATH"), SHA256: os.Getenv("TP_SUM")}
-	m, err := New([]Config{cfg}, Options{SocketDir: os.Getenv(hostChildEnv)})
+	path := os.Getenv("TP_PATH")
+	sum, _ := FileSHA256(path)
+	m, err := New([]Config{{Name: "test", Path: path, SHA256: sum}}, Options{SocketDir: os.Getenv(hostChildEnv)})
 	if err == nil {
 		err = m.Start(context.Background())
+	}
+	var res *claims.Result
+	if err == nil {
+		res, err = m.Enrichers()[0].Enrich(context.Background(), request("a"))
 	}
 	if err != nil {
 		fmt.Println("error:", err)
 		os.Exit(1)
 	}
-	fmt.Println(m.Health()[0].PID)
+	fmt.Println(m.Health()[0].PID, claimValue(res, "pid"))
 	select {}
 }
 
 // TestPluginDiesWithHost kills a host process with SIGKILL (no cleanup
-// code runs) and checks that its plugin goes away too.
+// code runs) and checks that its plugin goes away too: through the
+// parent-death signal tsidp sets, and, for a plugin behind a wrapper
+// script that does not exec it, through the one the SDK sets.
 func TestPluginDiesWithHost(t *testing.T) {
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), hostChildEnv+"="+shortDir(t), "TP_PATH="+testPlugin.path, "TP_SUM="+testPlugin.sum)
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer cmd.Process.Kill()
-	line, err := bufio.NewReader(out).ReadString('\n')
-	if err != nil {
-		t.Fatal(err)
-	}
-	pluginPID, err := strconv.Atoi(strings.TrimSpace(line))
-	if err != nil {
-		t.Fatalf("host child said %q", line)
-	}
-	if !alive(pluginPID) || parentPID(t, pluginPID) != cmd.Process.Pid {
-		t.Fatalf("plugin %d is not a live child of the host %d", pluginPID, cmd.Process.Pid)
-	}
-	cmd.Process.Signal(syscall.SIGKILL)
-	cmd.Wait()
-	if !waitFor(3*time.Second, func() bool { return !alive(pluginPID) }) {
-		syscall.Kill(pluginPID, syscall.SIGKILL)
-		t.Fatalf("plugin %d outlived its host", pluginPID)
+	wrapper := filepath.Join(t.TempDir(), "wrapper")
+	os.WriteFile(wrapper, []byte("#!/bin/sh\n"+testPlugin.path+" \"$@\"\n"), 0o755)
+	for _, path := range []string{testPlugin.path, wrapper} {
+		t.Run(filepath.Base(path), func(t *testing.T) {
+			cmd := exec.Command(os.Args[0], "-test.run=^$")
+			cmd.Env = append(os.Environ(), hostChildEnv+"="+shortDir(t), "TP_PATH="+path)
+			out, err := cmd.StdoutPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			defer cmd.Process.Kill()
+			line, err := bufio.NewReader(out).ReadString('\n')
+			if err != nil {
+				t.Fatal(err)
+			}
+			var started, answering int
+			if _, err := fmt.Sscan(line, &started, &answering); err != nil {
+				t.Fatalf("host child said %q", line)
+			}
+			if !alive(answering) || parentPID(t, started) != cmd.Process.Pid {
+				t.Fatalf("plugin %d (answering %d) is not a live child of the host %d", started, answering, cmd.Process.Pid)
+			}
+			if path == wrapper && answering == started {
+				t.Fatalf("the wrapper exec'd the plugin; this case needs a grandchild")
+			}
+			cmd.Process.Signal(syscall.SIGKILL)
+			cmd.Wait()
+			for _, pid := range []int{started, answering} {
+				if !waitFor(3*time.Second, func() bool { return !alive(pid) }) {
+					syscall.Kill(pid, syscall.SIGKILL)
+					t.Errorf("plugin process %d outlived its host", pid)
+				}
+			}
+		})
 	}
 }
 

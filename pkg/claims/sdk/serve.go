@@ -66,6 +66,7 @@ func Logger() *slog.Logger { return logger }
 // Serve runs p as a tsidp plugin and never returns. Call it from main. Run
 // by hand (not by tsidp), it prints a short explanation and exits 1.
 func Serve(p Plugin) {
+	dieWithParent()
 	goplugin.Serve(&goplugin.ServeConfig{
 		HandshakeConfig: Handshake,
 		Plugins:         goplugin.PluginSet{claimsv1.PluginName: &grpcPlugin{impl: p}},

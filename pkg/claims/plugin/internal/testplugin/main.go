@@ -10,9 +10,11 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"sort"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/tsidp/tsidp/pkg/claims/sdk"
@@ -22,6 +24,7 @@ var (
 	declare   = flag.String("declare", "groups,who,env,calls,pid,big1,big2,big3,big4,big5,huge", "claims to declare")
 	cacheable = flag.Bool("cacheable", false, "declare answers cacheable")
 	garbage   = flag.Bool("stderr-garbage", false, "write garbage to stderr at start")
+	ignoreHUP = flag.Bool("ignore-hup", false, "ignore SIGHUP, as daemons that reload on it do")
 )
 
 type plugin struct {
@@ -126,6 +129,9 @@ func (p *plugin) Enrich(ctx context.Context, req *sdk.Request) (*sdk.Response, e
 
 func main() {
 	flag.Parse()
+	if *ignoreHUP {
+		signal.Ignore(syscall.SIGHUP)
+	}
 	if m := os.Getenv("TESTPLUGIN_MARKER"); m != "" {
 		os.WriteFile(m, []byte(fmt.Sprint(os.Getpid())), 0o600)
 	}
