@@ -21,6 +21,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/tsidp/tsidp/pkg/claims/plugin"
 	"github.com/tsidp/tsidp/pkg/identity"
 	"github.com/tsidp/tsidp/pkg/keys"
 	"github.com/tsidp/tsidp/pkg/policy"
@@ -47,7 +48,10 @@ type Config struct {
 	Tokens    TokensConfig            `yaml:"tokens"`
 	Audiences []policy.AudienceConfig `yaml:"audiences"`
 	Grants    GrantsConfig            `yaml:"grants"`
-	Admin     AdminConfig             `yaml:"admin"`
+	// Plugins run in this order; their claims merge in this order, after
+	// tailnet grants.
+	Plugins []plugin.Config `yaml:"plugins"`
+	Admin   AdminConfig     `yaml:"admin"`
 }
 
 // TailscaleConfig configures the "tailscale" backend.
@@ -180,6 +184,8 @@ func sectionOf(goType string) string {
 		return "identity"
 	case "policy.AudienceConfig":
 		return "audiences"
+	case "plugin.Config":
+		return "plugins"
 	}
 	return goType
 }
@@ -306,6 +312,18 @@ func (c *Config) Validate() error {
 	}
 	if _, err := c.Policy(); err != nil {
 		return fmt.Errorf("config: %w", err)
+	}
+	seen := map[string]bool{}
+	for i := range c.Plugins {
+		pc := c.Plugins[i] // validate a copy: the daemon provisions its own
+		pc.Provision()
+		if err := pc.Validate(); err != nil {
+			return fmt.Errorf("config: plugins[%d]: %w", i, err)
+		}
+		if seen[pc.Name] {
+			return fmt.Errorf("config: plugins: %q is configured twice", pc.Name)
+		}
+		seen[pc.Name] = true
 	}
 	if c.Keys.Store != "file" && !strings.HasPrefix(c.Keys.Store, "etcd://") {
 		return fmt.Errorf("config: keys.store %q: must be \"file\" or \"etcd://host:port[,host:port…]\"", c.Keys.Store)

@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -21,6 +20,7 @@ import (
 
 	"github.com/tsidp/tsidp/pkg/admin"
 	"github.com/tsidp/tsidp/pkg/claims"
+	"github.com/tsidp/tsidp/pkg/claims/plugin"
 	"github.com/tsidp/tsidp/pkg/config"
 	"github.com/tsidp/tsidp/pkg/grants"
 	"github.com/tsidp/tsidp/pkg/identity"
@@ -36,6 +36,9 @@ type Options struct {
 	Logf func(format string, args ...any)
 	// TSNetInMemory keeps the tsnet node's state in memory (sandbox).
 	TSNetInMemory bool
+	// Builtins are plugins compiled into the binary, for "builtin:" in
+	// the plugins configuration.
+	Builtins map[string]plugin.Register
 }
 
 // Daemon is a running tsidp.
@@ -45,11 +48,12 @@ type Daemon struct {
 	logf   func(string, ...any)
 	issuer string
 
-	store  keys.Store
-	keys   *keys.Manager
-	source identity.Source
-	node   *identity.TSNet // nil with backend tailscale
-	srv    *server.Server
+	store   keys.Store
+	keys    *keys.Manager
+	source  identity.Source
+	node    *identity.TSNet // nil with backend tailscale
+	plugins *plugin.Manager // nil without plugins
+	srv     *server.Server
 
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
@@ -139,6 +143,19 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 	if cfg.Grants.Capability != "" {
 		enrichers = append(enrichers, grants.New(cfg.Grants.Capability, logf))
 	}
+	checks := []server.Check{{Name: "keys", Check: d.keysReady}}
+	if len(cfg.Plugins) > 0 {
+		d.plugins, err = plugin.New(cfg.Plugins, plugin.Options{Logf: logf, Builtins: opts.Builtins})
+		if err != nil {
+			return nil, fmt.Errorf("tsidp: %w", err)
+		}
+		d.closers = append(d.closers, func() { d.plugins.Close() })
+		if err := d.plugins.Start(ctx); err != nil {
+			return nil, fmt.Errorf("tsidp: %w", err)
+		}
+		enrichers = append(enrichers, d.plugins.Enrichers()...)
+		checks = append(checks, server.Check{Name: "plugins", Check: d.plugins.Ready})
+	}
 
 	algs := make([]string, 0, len(kp.Algorithms))
 	for _, a := range kp.Algorithms {
@@ -153,9 +170,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 		Algorithms: algs,
 		JWKSMaxAge: kp.JWKSMaxAge,
 		Logf:       logf,
-		Ready: []server.Check{
-			{Name: "keys", Check: d.keysReady},
-		},
+		Ready:      checks,
 	})
 	if err != nil {
 		closeAll(lns)
@@ -182,6 +197,12 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 			}
 			return nil
 		},
+		Plugins: func() any {
+			if d.plugins == nil {
+				return nil
+			}
+			return d.plugins.Health()
+		},
 		Logf: logf,
 	})
 	d.serveHTTP(&http.Server{Handler: ah, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 90 * time.Second}, aln)
@@ -198,20 +219,6 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 	publishMetrics(d.srv)
 	logf("tsidp: serving issuer %s (backend %s, store %s) on %s", d.issuer, cfg.Backend, cfg.Keys.Store, strings.Join(addrStrings(d.addrs), ", "))
 	return d, nil
-}
-
-// OpenStore opens the key store the configuration names.
-func OpenStore(ctx context.Context, cfg *config.Config) (keys.Store, error) {
-	switch {
-	case cfg.Keys.Store == "file":
-		st, err := keys.NewFileStore(filepath.Join(cfg.StateDir, "keys"))
-		if err != nil {
-			return nil, fmt.Errorf("tsidp: key store: %w", err)
-		}
-		return st, nil
-	default:
-		return nil, fmt.Errorf("tsidp: key store %q is not supported", cfg.Keys.Store)
-	}
 }
 
 // Issuer returns the issuer URL in use.

@@ -62,7 +62,12 @@ type Config struct {
 	// publishes new keys at least this long (plus skew) before use.
 	JWKSMaxAge time.Duration
 	// IdentityCacheTTL bounds how long a connection's identity is reused
-	// before WhoIs is asked again. Default 30s.
+	// before WhoIs is asked again. Default 5s: WhoIs stays off the
+	// per-request path of a busy connection, while a removed node or a
+	// changed grant takes effect within seconds even on a connection that
+	// is kept alive. (Grant changes reach tailscaled as packet-filter
+	// updates that its IPN bus does not announce, so there is no event to
+	// invalidate on.)
 	IdentityCacheTTL time.Duration
 	// Ready lists extra readiness checks (key store, plugins).
 	Ready []Check
@@ -103,7 +108,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	cfg.Issuer = iss
 	if cfg.IdentityCacheTTL == 0 {
-		cfg.IdentityCacheTTL = 30 * time.Second
+		cfg.IdentityCacheTTL = 5 * time.Second
 	}
 	if cfg.Logf == nil {
 		cfg.Logf = func(string, ...any) {}
