@@ -22,4 +22,3 @@ func OpenStore(ctx context.Context, cfg *config.Config) (keys.Store, error) {
 		return nil, fmt.Errorf("tsidp: key store %q is not supported", cfg.Keys.Store)
 	}
 }
-
