@@ -133,7 +133,6 @@ func TestDirectoryFailures(t *testing.T) {
 		t.Errorf("ambiguous login: %v", err)
 	}
 	s.kill()
-	s.cmd.Wait()
 	if _, err := p.Enrich(ctx, sdktest.Request(sdktest.Person("alice@example.com"), "aud")); err == nil {
 		t.Errorf("directory down: no error")
 	}

@@ -27,6 +27,7 @@ type slapd struct {
 	ldapsURL string // ldaps://127.0.0.1:port
 	caFile   string // CA that signed the server certificate
 	cmd      *exec.Cmd
+	exited   chan struct{} // closed when cmd has exited
 }
 
 const (
@@ -229,13 +230,17 @@ func (s *slapd) start(t *testing.T, confFile string) error {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	s.cmd = cmd
+	s.cmd, s.exited = cmd, exited
 	t.Cleanup(stop)
 	return nil
 }
 
-// kill stops slapd abruptly, as a crashed directory would.
-func (s *slapd) kill() { s.cmd.Process.Kill() }
+// kill stops slapd abruptly, as a crashed directory would, and waits for
+// it to be gone.
+func (s *slapd) kill() {
+	s.cmd.Process.Kill()
+	<-s.exited
+}
 
 // writeCerts writes a CA and a server certificate for 127.0.0.1 and
 // localhost into dir and returns the CA file.
