@@ -1,0 +1,120 @@
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tsidp/tsidp/pkg/config"
+)
+
+// docBlocks returns the fenced blocks of one language in a doc file.
+func docBlocks(t *testing.T, path, lang string) []string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var blocks []string
+	for _, m := range regexp.MustCompile("(?s)```"+lang+"\n(.*?)```").FindAllStringSubmatch(string(b), -1) {
+		blocks = append(blocks, m[1])
+	}
+	return blocks
+}
+
+// TestQuickstartSandboxSnippets runs the quickstart's sandbox snippets, as
+// written, against the built binary (ports substituted so the test does not
+// collide with a sandbox a developer may be running).
+func TestQuickstartSandboxSnippets(t *testing.T) {
+	blocks := docBlocks(t, "../docs/quickstart.md", "sh")
+	if len(blocks) < 3 {
+		t.Fatalf("quickstart has %d sh blocks", len(blocks))
+	}
+	if strings.TrimSpace(blocks[0]) != "go run ./cmd/tsidp sandbox" {
+		t.Fatalf("first quickstart command = %q", blocks[0])
+	}
+	listen, tagged, state := freeAddr(t), freeAddr(t), shortTempDir(t)
+	_, out, stderr := startProcess(t, nil, "sandbox", "--listen", listen, "--listen-tagged", tagged, "--state-dir", state)
+	waitForLine(t, out, "Press Ctrl-C", 90*time.Second)
+
+	subst := strings.NewReplacer("127.0.0.1:8484", listen, "127.0.0.1:8485", tagged, "go run ./cmd/tsidp", tsidpBinary(t))
+	run := func(line string) string {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, "bash", "-euo", "pipefail", "-c", subst.Replace(line))
+		cmd.Env = append(os.Environ(), "STATE_DIR="+state)
+		b, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", line, err, stderr)
+		}
+		return string(b)
+	}
+
+	// Block 2: the curl commands.
+	lines := strings.Split(strings.TrimSpace(blocks[1]), "\n")
+	if len(lines) != 4 {
+		t.Fatalf("curl block has %d lines", len(lines))
+	}
+	for i, want := range []string{"user:", "node:"} {
+		var ta tokenAnswer
+		if err := json.Unmarshal([]byte(run(lines[i])), &ta); err != nil || ta.AccessToken == "" {
+			t.Fatalf("%s: %+v %v", lines[i], ta, err)
+		}
+		c := verifyGoJose(t, httpClient(), "http://"+listen, ta.AccessToken, "ES256", "sandbox")
+		if !strings.HasPrefix(c["sub"].(string), want) {
+			t.Errorf("%s: sub = %v, want prefix %s", lines[i], c["sub"], want)
+		}
+	}
+	var disc map[string]any
+	if err := json.Unmarshal([]byte(run(lines[2])), &disc); err != nil || disc["issuer"] != "http://"+listen {
+		t.Errorf("discovery: %v %v", disc, err)
+	}
+	if !strings.Contains(run(lines[3]), `"kid"`) {
+		t.Error("jwks has no keys")
+	}
+
+	// Block 3: keys list, then rotate (retried while the next key is too new).
+	keysLines := strings.Split(strings.TrimSpace(blocks[2]), "\n")
+	if !strings.Contains(run(keysLines[0]), "active") {
+		t.Error("keys list shows no active key")
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		cmd := exec.Command("bash", "-c", subst.Replace(keysLines[1]))
+		cmd.Env = append(os.Environ(), "STATE_DIR="+state)
+		out, err := cmd.CombinedOutput()
+		if err == nil {
+			if !strings.Contains(string(out), "active key") {
+				t.Errorf("rotate output: %s", out)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("keys rotate: %v: %s", err, out)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// TestQuickstartConfigIsValid parses the quickstart's config file.
+func TestQuickstartConfigIsValid(t *testing.T) {
+	blocks := docBlocks(t, "../docs/quickstart.md", "yaml")
+	if len(blocks) != 1 {
+		t.Fatalf("%d yaml blocks", len(blocks))
+	}
+	var c config.Config
+	if err := config.Parse([]byte(blocks[0]), &c); err != nil {
+		t.Fatal(err)
+	}
+	c.StateDir = t.TempDir()
+	c.Provision()
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+}
