@@ -181,7 +181,14 @@ func TestSandboxTokensVerifyWithGoJoseAndGoOIDC(t *testing.T) {
 // returns its claims.
 func verifyGoJose(t *testing.T, hc *http.Client, iss, token, alg, aud string) map[string]any {
 	t.Helper()
-	res, err := hc.Get(iss + "/.well-known/jwks.json")
+	return verifyGoJoseAt(t, hc, iss, iss, token, alg, aud)
+}
+
+// verifyGoJoseAt is verifyGoJose with the JWKS fetched from base, for when
+// the test reaches the issuer at another address than its issuer URL.
+func verifyGoJoseAt(t *testing.T, hc *http.Client, base, iss, token, alg, aud string) map[string]any {
+	t.Helper()
+	res, err := hc.Get(base + "/.well-known/jwks.json")
 	if err != nil {
 		t.Fatal(err)
 	}
