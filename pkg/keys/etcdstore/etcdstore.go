@@ -377,7 +377,7 @@ func (s *Store) watchOnce(ctx context.Context, signal func(), resumed bool) (est
 	wch := s.cli.Watch(wctx, s.key, clientv3.WithCreatedNotify())
 	for resp := range wch {
 		if err := resp.Err(); err != nil {
-			if ctx.Err() == nil {
+			if ctx.Err() == nil && !s.closed.Load() {
 				s.logf("etcdstore: watch on %s ended (%v); re-establishing", s.key, err)
 			}
 			if resp.CompactRevision != 0 {

@@ -75,6 +75,12 @@ func ReadKEK(path string) ([]byte, error) {
 // lengths and forms only, never content.
 func decodeKEK(raw []byte) ([]byte, error) {
 	if len(raw) == KEKSize {
+		// 32 random bytes are all printable with probability ~1e-14: such
+		// a file is text, e.g. `openssl rand -hex 16` without its newline,
+		// and using it as a raw key would silently halve its strength.
+		if printable(raw) {
+			return nil, fmt.Errorf("the file has %d printable characters, which looks like text rather than %d raw bytes; want %d raw bytes, %d hex digits or base64 of %d bytes", len(raw), KEKSize, KEKSize, 2*KEKSize, KEKSize)
+		}
 		return bytes.Clone(raw), nil
 	}
 	text := bytes.TrimSpace(raw)
@@ -92,4 +98,13 @@ func decodeKEK(raw []byte) ([]byte, error) {
 		}
 	}
 	return nil, fmt.Errorf("want %d raw bytes, %d hex digits or base64 of %d bytes; the file has %d bytes in none of these forms", KEKSize, 2*KEKSize, KEKSize, len(raw))
+}
+
+func printable(b []byte) bool {
+	for _, c := range b {
+		if c < 0x20 || c > 0x7e {
+			return false
+		}
+	}
+	return true
 }

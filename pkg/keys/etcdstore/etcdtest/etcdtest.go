@@ -38,7 +38,28 @@ type Cluster struct {
 	t       testing.TB
 	bin     string
 	dir     string
+	opts    Options
+	hc      *http.Client
 	Members []*Member
+}
+
+// Options configure a cluster.
+type Options struct {
+	// Members is the number of members; default 1.
+	Members int
+	// TLS, if set, makes members serve clients over TLS with this
+	// certificate and key, and require client certificates signed by
+	// ClientCA.
+	TLS *TLSFiles
+}
+
+// TLSFiles name PEM files for a TLS-serving cluster.
+type TLSFiles struct {
+	CertFile, KeyFile string // the members' certificate, valid for 127.0.0.1
+	ClientCAFile      string // CA that signs accepted client certificates
+	// HealthClient is used to poll /health; it must trust the members'
+	// certificate and present a client certificate.
+	HealthClient *http.Client
 }
 
 // Member is one etcd server process.
@@ -59,7 +80,19 @@ type Member struct {
 // leader. Members are stopped when the test ends.
 func Start(t testing.TB, n int) *Cluster {
 	t.Helper()
-	c := &Cluster{t: t, bin: Binary(t)}
+	return StartWith(t, Options{Members: n})
+}
+
+// StartWith starts a cluster as opts say and waits until it has a leader.
+func StartWith(t testing.TB, opts Options) *Cluster {
+	t.Helper()
+	n := max(opts.Members, 1)
+	c := &Cluster{t: t, bin: Binary(t), opts: opts, hc: &http.Client{Timeout: time.Second}}
+	scheme := "http"
+	if opts.TLS != nil {
+		scheme = "https"
+		c.hc = opts.TLS.HealthClient
+	}
 	// Data on tmpfs when the machine has one: etcd fsyncs every write, and
 	// the tests measure latencies, not disks.
 	base := ""
@@ -82,7 +115,7 @@ func Start(t testing.TB, n int) *Cluster {
 	for i := range n {
 		m := &Member{
 			Name:      fmt.Sprintf("m%d", i),
-			ClientURL: fmt.Sprintf("http://127.0.0.1:%d", ports[2*i]),
+			ClientURL: fmt.Sprintf("%s://127.0.0.1:%d", scheme, ports[2*i]),
 			PeerURL:   fmt.Sprintf("http://127.0.0.1:%d", ports[2*i+1]),
 			DataDir:   filepath.Join(dir, fmt.Sprintf("m%d", i)),
 			c:         c,
@@ -105,7 +138,8 @@ func Start(t testing.TB, n int) *Cluster {
 func (c *Cluster) Endpoints() []string {
 	var out []string
 	for _, m := range c.Members {
-		out = append(out, strings.TrimPrefix(m.ClientURL, "http://"))
+		_, hostPort, _ := strings.Cut(m.ClientURL, "://")
+		out = append(out, hostPort)
 	}
 	return out
 }
@@ -170,7 +204,15 @@ func (m *Member) start(initialCluster string) {
 		"--log-outputs", "stderr",
 		"--log-level", "warn",
 	}
-	m.exec(args)
+	m.exec(append(args, m.c.tlsArgs()...))
+}
+
+func (c *Cluster) tlsArgs() []string {
+	if c.opts.TLS == nil {
+		return nil
+	}
+	f := c.opts.TLS
+	return []string{"--cert-file", f.CertFile, "--key-file", f.KeyFile, "--trusted-ca-file", f.ClientCAFile, "--client-cert-auth"}
 }
 
 func (m *Member) exec(args []string) {
@@ -250,7 +292,7 @@ func (m *Member) Restart() {
 	}
 	// With an existing data directory etcd ignores the initial-cluster
 	// flags and rejoins from its write-ahead log.
-	m.exec([]string{
+	m.exec(append([]string{
 		"--name", m.Name,
 		"--data-dir", m.DataDir,
 		"--listen-client-urls", m.ClientURL,
@@ -260,13 +302,13 @@ func (m *Member) Restart() {
 		"--logger", "zap",
 		"--log-outputs", "stderr",
 		"--log-level", "warn",
-	})
+	}, m.c.tlsArgs()...))
 }
 
 // WaitHealthy polls the member's /health until it reports a cluster with a
 // leader.
 func (m *Member) WaitHealthy(ctx context.Context) error {
-	hc := &http.Client{Timeout: time.Second}
+	hc := m.c.hc
 	for {
 		if !m.Running() {
 			return fmt.Errorf("etcd member %s exited", m.Name)

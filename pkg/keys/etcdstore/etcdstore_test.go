@@ -1,0 +1,289 @@
+package etcdstore_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tsidp/tsidp/pkg/keys"
+	"github.com/tsidp/tsidp/pkg/keys/etcdstore"
+	"github.com/tsidp/tsidp/pkg/keys/etcdstore/etcdtest"
+)
+
+var t0 = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+
+func testCtx(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func policy(algs ...keys.Algorithm) keys.Policy {
+	p := keys.Policy{Algorithms: algs}
+	p.Provision()
+	return p
+}
+
+// privateMembers are the JWK members that hold private key material
+// (RFC 7518 §6.2.2, §6.3.2; RFC 8037 uses "d" too).
+var privateMembers = []string{"d", "p", "q", "dp", "dq", "qi", "oth"}
+
+// fullSet returns a set with keys of every algorithm in every state.
+func fullSet(t testing.TB) *keys.Set {
+	t.Helper()
+	p := policy(keys.ES256, keys.RS256, keys.EdDSA)
+	s := &keys.Set{}
+	if err := s.Ensure(t0, p); err != nil {
+		t.Fatal(err)
+	}
+	for _, alg := range p.Algorithms {
+		if err := s.Rotate(t0.Add(time.Hour), p, alg, true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Revoke(t0.Add(2*time.Hour), p, s.Next(keys.EdDSA).ID); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// TestSealedAtRest reads the raw etcd value: no private JWK member, every
+// private key sealed; the wrong KEK cannot open it; sealed keys cannot be
+// moved between entries.
+func TestSealedAtRest(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	ctx := testCtx(t)
+	sl := newSealer(t)
+	st := openStore(t, c, sl, "/sealed/")
+	set := fullSet(t)
+	if err := st.Save(ctx, set); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := st.Client().Get(ctx, "/sealed/keyset")
+	if err != nil || len(resp.Kvs) != 1 {
+		t.Fatalf("raw get: %v, %d kvs", err, len(resp.Kvs))
+	}
+	raw := resp.Kvs[0].Value
+
+	// Structure: every non-revoked key has a sealed private half and no
+	// cleartext one; nothing anywhere has a private JWK member.
+	var doc struct {
+		Keys []map[string]json.RawMessage `json:"keys"`
+	}
+	if err := json.Unmarshal(raw, &doc); err != nil {
+		t.Fatal(err)
+	}
+	sealed := 0
+	for _, k := range doc.Keys {
+		if _, ok := k["private"]; ok {
+			t.Errorf("key %s has a cleartext private member", k["kid"])
+		}
+		if _, ok := k["sealed_private"]; ok {
+			sealed++
+		}
+		var pub map[string]any
+		json.Unmarshal(k["public"], &pub)
+		for _, m := range privateMembers {
+			if _, ok := pub[m]; ok {
+				t.Errorf("public JWK of %s has private member %q", k["kid"], m)
+			}
+		}
+	}
+	if want := len(set.Keys) - 1; sealed != want { // one revoked key
+		t.Errorf("%d sealed private keys, want %d", sealed, want)
+	}
+	for _, m := range privateMembers {
+		if bytes.Contains(raw, []byte(`"`+m+`":`)) {
+			t.Errorf("etcd value contains a %q JSON member", m)
+		}
+	}
+	// And no private value of any key appears, in any member.
+	for _, v := range privateValues(t, set) {
+		if bytes.Contains(raw, []byte(v)) {
+			t.Fatal("etcd value contains private key material")
+		}
+	}
+
+	// The right KEK loads it; a different one fails without leaking.
+	if got, err := st.Load(ctx); err != nil || len(got.Keys) != len(set.Keys) {
+		t.Fatalf("Load = %v, %v", got, err)
+	}
+	other := openStore(t, c, newSealer(t), "/sealed/")
+	_, err = other.Load(ctx)
+	if err == nil || !strings.Contains(err.Error(), "wrong sealing key") || !strings.HasPrefix(err.Error(), "etcdstore: ") {
+		t.Errorf("Load with another KEK: %v", err)
+	}
+	// A writer with the wrong KEK cannot replace the set either: it
+	// cannot load it, so Update never reaches Save.
+	if _, err := keys.Update(ctx, other, func(s *keys.Set) error { return s.Ensure(t0, policy(keys.ES256)) }); err == nil {
+		t.Error("Update with the wrong KEK succeeded")
+	}
+
+	// Swapping two sealed private keys between entries is detected (the
+	// kid is the ciphertext's additional data).
+	var full map[string]any
+	json.Unmarshal(raw, &full)
+	ks := full["keys"].([]any)
+	var a, b map[string]any
+	for _, k := range ks {
+		km := k.(map[string]any)
+		if km["alg"] == "ES256" && km["sealed_private"] != nil {
+			if a == nil {
+				a = km
+			} else if b == nil {
+				b = km
+			}
+		}
+	}
+	a["sealed_private"], b["sealed_private"] = b["sealed_private"], a["sealed_private"]
+	tampered, _ := json.Marshal(full)
+	if _, err := st.Client().Put(ctx, "/sealed/keyset", string(tampered)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Load(ctx); err == nil || !errors.Is(err, keys.ErrCorrupt) {
+		t.Errorf("Load of swapped sealed keys: %v; want a corrupt-set error", err)
+	}
+}
+
+// TestCorruptValueNotOverwritten: a value that is not a key set document
+// is an error for Load and Save, never an empty set to overwrite.
+func TestCorruptValueNotOverwritten(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	ctx := testCtx(t)
+	st := openStore(t, c, newSealer(t), "/corrupt/")
+	st.Client().Put(ctx, "/corrupt/keyset", "garbage")
+	if _, err := st.Load(ctx); !errors.Is(err, keys.ErrCorrupt) {
+		t.Errorf("Load of garbage: %v", err)
+	}
+	s := &keys.Set{}
+	s.Ensure(t0, policy(keys.ES256))
+	if err := st.Save(ctx, s); err == nil {
+		t.Error("Save over garbage succeeded")
+	}
+	st.Client().Put(ctx, "/corrupt/keyset", `{"format":99,"version":3}`)
+	if err := st.Save(ctx, s); err == nil || !strings.Contains(err.Error(), "format 99") {
+		t.Errorf("Save over a newer format: %v", err)
+	}
+	resp, _ := st.Client().Get(ctx, "/corrupt/keyset")
+	if string(resp.Kvs[0].Value) != `{"format":99,"version":3}` {
+		t.Error("the newer-format document was overwritten")
+	}
+}
+
+// privateValues returns every private JWK member value of set's keys, from
+// the cleartext encoding the file store uses.
+func privateValues(t testing.TB, set *keys.Set) []string {
+	t.Helper()
+	doc, err := keys.MarshalSet(set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d struct {
+		Keys []struct {
+			Private map[string]any `json:"private"`
+		} `json:"keys"`
+	}
+	if err := json.Unmarshal(doc, &d); err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, k := range d.Keys {
+		for _, m := range privateMembers {
+			if v, ok := k.Private[m].(string); ok && v != "" {
+				out = append(out, v)
+			}
+		}
+	}
+	if len(out) < 10 {
+		t.Fatalf("found only %d private values; the test is not looking", len(out))
+	}
+	return out
+}
+
+func TestKEKForms(t *testing.T) {
+	dir := t.TempDir()
+	key := make([]byte, 32)
+	rand.Read(key)
+	forms := map[string][]byte{
+		"raw":        key,
+		"hex":        []byte(hex.EncodeToString(key) + "\n"),
+		"base64":     []byte(base64.StdEncoding.EncodeToString(key) + "\n"),
+		"base64raw":  []byte(base64.RawStdEncoding.EncodeToString(key)),
+		"base64url":  []byte(base64.URLEncoding.EncodeToString(key)),
+		"spaces-hex": []byte("  " + hex.EncodeToString(key) + "  \n"),
+	}
+	for name, data := range forms {
+		p := filepath.Join(dir, name)
+		os.WriteFile(p, data, 0o600)
+		got, err := etcdstore.ReadKEK(p)
+		if err != nil || !bytes.Equal(got, key) {
+			t.Errorf("%s: %x, %v", name, got, err)
+		}
+		if _, err := etcdstore.LoadKEK(p); err != nil {
+			t.Errorf("LoadKEK %s: %v", name, err)
+		}
+	}
+	for name, data := range map[string][]byte{
+		"short":      key[:16],
+		"hex-short":  []byte(hex.EncodeToString(key[:16])),
+		"base64-48":  []byte(base64.StdEncoding.EncodeToString(append(key, key[:16]...))),
+		"printable":  []byte(hex.EncodeToString(key[:16])), // 32 characters, no newline
+		"empty":      nil,
+		"raw-plusnl": append(append([]byte{}, key...), '\n'),
+	} {
+		p := filepath.Join(dir, name)
+		os.WriteFile(p, data, 0o600)
+		_, err := etcdstore.ReadKEK(p)
+		if err == nil || !strings.Contains(err.Error(), "32 raw bytes") || !strings.Contains(err.Error(), "64 hex digits") {
+			t.Errorf("%s: err = %v", name, err)
+		}
+		if err != nil && strings.Contains(err.Error(), hex.EncodeToString(key[:4])) {
+			t.Errorf("%s: the error shows key bytes: %v", name, err)
+		}
+	}
+	// Group- or world-accessible files are refused.
+	p := filepath.Join(dir, "loose")
+	os.WriteFile(p, []byte(hex.EncodeToString(key)), 0o640)
+	os.Chmod(p, 0o640)
+	if _, err := etcdstore.ReadKEK(p); err == nil || !strings.Contains(err.Error(), "chmod 0400") {
+		t.Errorf("0640 KEK file: %v", err)
+	}
+	if _, err := etcdstore.ReadKEK(""); err == nil || !strings.Contains(err.Error(), "--kek-file") {
+		t.Errorf("no KEK file: %v", err)
+	}
+	if _, err := etcdstore.ReadKEK(dir); err == nil || !strings.Contains(err.Error(), "not a regular file") {
+		t.Errorf("directory as KEK: %v", err)
+	}
+}
+
+// TestOpenIsBounded: an unreachable cluster fails Open within the dial
+// timeout, with a message naming the endpoints.
+func TestOpenIsBounded(t *testing.T) {
+	start := time.Now()
+	_, err := etcdstore.Open(testCtx(t), etcdstore.Config{
+		Endpoints: []string{"127.0.0.1:1"}, Sealer: newSealer(t), DialTimeout: 500 * time.Millisecond,
+	})
+	if err == nil || !strings.Contains(err.Error(), "127.0.0.1:1") || !strings.HasPrefix(err.Error(), "etcdstore: ") {
+		t.Fatalf("Open of an unreachable cluster: %v", err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("Open took %v with a 500ms dial timeout", d)
+	}
+	for _, bad := range [][]string{nil, {"no-port"}, {"https://127.0.0.1:2379"}, {"http://h:1/path"}} {
+		if _, err := etcdstore.Open(testCtx(t), etcdstore.Config{Endpoints: bad, Sealer: newSealer(t)}); err == nil {
+			t.Errorf("Open(%q) succeeded", bad)
+		}
+	}
+	if _, err := etcdstore.Open(testCtx(t), etcdstore.Config{Endpoints: []string{"127.0.0.1:2379"}}); err == nil || !strings.Contains(err.Error(), "sealer") {
+		t.Errorf("Open without a sealer: %v", err)
+	}
+}
