@@ -20,6 +20,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coreos/go-oidc/v3/oidc"
+
 	"github.com/tsidp/tsidp/pkg/tailnet"
 )
 
@@ -95,6 +97,12 @@ func nodeProg(modules ...string) func(file, tmp string) ([]string, error) {
 		node, err := exec.LookPath("node")
 		if err != nil {
 			return nil, fmt.Errorf("node is not installed (apt-get install nodejs npm): %v", err)
+		}
+		// jose 6 and jwks-rsa 4 need Node 20.19 or later (Debian 12's nodejs is 18).
+		out, err := exec.Command(node, "-p", "process.versions.node").Output()
+		var major, minor int
+		if _, serr := fmt.Sscanf(string(out), "%d.%d", &major, &minor); err != nil || serr != nil || major < 20 || major == 20 && minor < 19 {
+			return nil, fmt.Errorf("node %s: need Node 20.19 or later for jose 6 (err %v)", bytes.TrimSpace(out), err)
 		}
 		for _, m := range modules {
 			if _, err := os.Stat(filepath.Join("verifiers/node/node_modules", m, "package.json")); err != nil {
@@ -278,8 +286,21 @@ func TestVerifiers(t *testing.T) {
 		run(t, verifierCase{name: "expired", tokens: short, reason: regexp.MustCompile(`(?i)expire|\bexp\b`)})
 	})
 
+	// A long-running go-oidc verifier that has seen the ES256 key: see
+	// "revocation" in docs/verifying.md.
+	oidcCtx := oidc.ClientContext(ctx, httpClient())
+	provider, err := oidc.NewProvider(oidcCtx, srv.issuer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	longLived := provider.Verifier(&oidc.Config{ClientID: algAudience["ES256"], SupportedSigningAlgs: []string{"ES256"}})
+	if _, err := longLived.Verify(oidcCtx, valid["ES256"]); err != nil {
+		t.Fatal(err)
+	}
+
 	// Revoke every key that signed a valid token, through the running
 	// daemon's admin socket; it leaves the JWKS at once.
+	fresh := map[string]string{}
 	for _, alg := range algs {
 		kid := kidOf(t, valid[alg])
 		out, errOut, code := runTSIDP(t, "keys", "revoke", "--state-dir", srv.stateDir, kid)
@@ -290,12 +311,33 @@ func TestVerifiers(t *testing.T) {
 			t.Fatalf("revoked kid %s is still in the JWKS", kid)
 		}
 		// The next key, published in advance, signs from now on.
-		fresh := mustToken(t, hc, srv.tailnet, url.Values{"audience": {algAudience[alg]}})
-		if kidOf(t, fresh) == kid {
+		fresh[alg] = mustToken(t, hc, srv.tailnet, url.Values{"audience": {algAudience[alg]}})
+		if kidOf(t, fresh[alg]) == kid {
 			t.Fatalf("%s: still signing with revoked key %s", alg, kid)
 		}
-		verifyGoJose(t, httpClient(), srv.issuer, fresh, alg, algAudience[alg])
+		verifyGoJose(t, httpClient(), srv.issuer, fresh[alg], alg, algAudience[alg])
 	}
+
+	// go-oidc keeps verifying with a cached key whatever the JWKS says now.
+	// Tokens signed by the next key don't make it refetch: tsidp published
+	// that key in advance, so it is cached too. Only a kid it has never seen
+	// does.
+	if _, err := longLived.Verify(oidcCtx, valid["ES256"]); err != nil {
+		t.Errorf("long-running go-oidc verifier: %v; docs/verifying.md says it accepts a revoked key it has cached", err)
+	}
+	if _, err := longLived.Verify(oidcCtx, fresh["ES256"]); err != nil {
+		t.Errorf("long-running go-oidc verifier, token signed by the next key: %v", err)
+	}
+	if _, err := longLived.Verify(oidcCtx, valid["ES256"]); err != nil {
+		t.Errorf("long-running go-oidc verifier after a next-key token: %v; docs/verifying.md says it still accepts the revoked key", err)
+	}
+	if _, err := longLived.Verify(oidcCtx, withKID(t, valid["ES256"], "never-published")); err == nil {
+		t.Fatal("go-oidc accepted a token naming an unknown kid")
+	}
+	if _, err := longLived.Verify(oidcCtx, valid["ES256"]); err == nil {
+		t.Errorf("long-running go-oidc verifier still accepts the revoked key after an unknown kid made it refetch the JWKS")
+	}
+
 	// The same tokens verified in "fresh": only the JWKS changed. Most
 	// libraries say the kid is unknown; go-oidc, finding no key with that
 	// kid, says the signature does not verify.
@@ -345,6 +387,25 @@ func forgeClaims(t *testing.T, token string) string {
 		t.Fatal(err)
 	}
 	parts[1] = base64.RawURLEncoding.EncodeToString(b)
+	return strings.Join(parts, ".")
+}
+
+// withKID returns token with its header's kid replaced (and so an invalid
+// signature).
+func withKID(t *testing.T, token, kid string) string {
+	t.Helper()
+	parts := strings.Split(token, ".")
+	b, err := base64.RawURLEncoding.DecodeString(parts[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hdr map[string]any
+	if err := json.Unmarshal(b, &hdr); err != nil {
+		t.Fatal(err)
+	}
+	hdr["kid"] = kid
+	b, _ = json.Marshal(hdr)
+	parts[0] = base64.RawURLEncoding.EncodeToString(b)
 	return strings.Join(parts, ".")
 }
 

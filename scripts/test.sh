@@ -52,9 +52,11 @@ if ((${#missing[@]})); then
 fi
 
 # --- npm packages for the Node verifier ------------------------------------
+# --engine-strict: jose 6 needs Node 20.19 or later (Debian 12's nodejs is 18);
+# fail here, naming the versions, rather than in the verifier test.
 if [[ -f integration/verifiers/node/package.json ]]; then
   log "installing npm packages for the Node verifier"
-  (cd integration/verifiers/node && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  (cd integration/verifiers/node && npm ci --engine-strict --no-audit --no-fund --loglevel=error >/dev/null)
 fi
 
 # --- Go -------------------------------------------------------------------
