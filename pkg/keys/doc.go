@@ -21,8 +21,10 @@
 // A [Store] holds one versioned [Set]. Writers use [Update], a
 // load-modify-compare-and-swap loop, so a daemon, the CLI and replicas can
 // all write without losing each other's changes. [FileStore] is the embedded
-// default; package keystest holds the conformance suite every store must
-// pass.
+// default and package etcdstore the replicated one; package keystest holds
+// the conformance suite every store must pass. A running [Manager] never
+// adopts, nor writes over, a stored set older than its own (a store deleted
+// or restored from an old copy): see [RegressionError].
 //
 // # Signing
 //

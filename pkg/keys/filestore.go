@@ -12,6 +12,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/tsidp/tsidp/internal/crashtest"
 )
 
 // File names in a FileStore directory.
@@ -242,9 +244,11 @@ func (s *FileStore) write(data []byte) (err error) {
 	if err := f.Close(); err != nil {
 		return fmt.Errorf("keys: closing %s: %w", tmp, err)
 	}
+	crashtest.Point(crashtest.FileTempSynced)
 	if err := s.fs.Rename(tmp, s.path); err != nil {
 		return fmt.Errorf("keys: renaming %s to %s: %w", tmp, s.path, err)
 	}
+	crashtest.Point(crashtest.FileRenamed)
 	if err := s.fs.SyncDir(s.dir); err != nil {
 		return fmt.Errorf("keys: saved %s, but syncing directory %s failed, so the change may not survive a crash: %w", s.path, s.dir, err)
 	}

@@ -2,12 +2,15 @@ package keys
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/tsidp/tsidp/internal/crashtest"
 )
 
 // Manager holds the key set of a running tsidp: it signs tokens, serves the
@@ -34,7 +37,40 @@ type Manager struct {
 	// so that a slow reload cannot replace a newer set with an older one.
 	mu  sync.Mutex
 	cur atomic.Pointer[compiled]
+
+	// regressed is the *RegressionError last seen while the store holds an
+	// older key set than cur, nil otherwise.
+	regressed atomic.Pointer[RegressionError]
+	// poke wakes Run for maintenance (see Poke).
+	poke chan struct{}
 }
+
+// RegressionError reports that the store holds an older key set than the
+// one a Manager uses: a lower version, or none at all. That happens when
+// the store was deleted, replaced or restored from an old backup while
+// tsidp ran. Writing over it would start a new history and drop keys that
+// signed tokens still in circulation, so the Manager refuses to write and
+// keeps signing and publishing the keys it has.
+type RegressionError struct {
+	Stored     int64 // version in the store (0: empty)
+	StoredKeys int
+	InUse      int64 // version the Manager uses
+}
+
+func (e *RegressionError) Error() string {
+	what := fmt.Sprintf("holds key set version %d (%d keys)", e.Stored, e.StoredKeys)
+	if e.Stored == 0 && e.StoredKeys == 0 {
+		what = "is empty"
+	}
+	return fmt.Sprintf("keys: the key store %s, but this tsidp uses version %d: the store was deleted, replaced or restored from an older copy while tsidp ran. "+
+		"Refusing to write over it (that would drop keys that signed unexpired tokens); keeping the current keys (version %d) for signing and the JWKS. "+
+		"Restore the newer key set, or restart tsidp to adopt the stored one", what, e.InUse, e.InUse)
+}
+
+// ErrStoreRegressed matches a *RegressionError with errors.Is.
+var ErrStoreRegressed = errors.New("keys: the key store went back to an older key set")
+
+func (e *RegressionError) Is(target error) bool { return target == ErrStoreRegressed }
 
 // compiled is the immutable, ready-to-use form of one key set.
 type compiled struct {
@@ -79,6 +115,7 @@ func NewManager(ctx context.Context, st Store, p Policy, logf func(format string
 		now:          time.Now,
 		tick:         time.Minute,
 		opTimeout:    time.Minute,
+		poke:         make(chan struct{}, 1),
 	}
 	for _, o := range opts {
 		o(m)
@@ -194,20 +231,55 @@ func (m *Manager) Import(ctx context.Context, pemOrJWK []byte, alg Algorithm, ac
 }
 
 // update applies fn through Update, installs the result and returns it.
+// It refuses to write over a store that went back to an older set (see
+// RegressionError).
 func (m *Manager) update(ctx context.Context, fn func(s *Set, now time.Time) error) (*Set, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	set, err := Update(ctx, m.st, func(s *Set) error { return fn(s, m.now().UTC()) })
+	set, err := Update(ctx, m.st, func(s *Set) error {
+		if err := m.checkRegression(s); err != nil {
+			return err
+		}
+		return fn(s, m.now().UTC())
+	})
 	if err != nil {
 		return nil, err
 	}
-	return set, m.install(set)
+	if err := m.install(set); err != nil {
+		return nil, err
+	}
+	crashtest.Point(crashtest.Installed)
+	return set, nil
+}
+
+// checkRegression returns a *RegressionError, and logs it, if the stored
+// set s is older than the one in use. Call with m.mu held.
+func (m *Manager) checkRegression(s *Set) error {
+	c := m.cur.Load()
+	if c == nil || s.Version >= c.set.Version {
+		return nil
+	}
+	e := &RegressionError{Stored: s.Version, StoredKeys: len(s.Keys), InUse: c.set.Version}
+	m.regressed.Store(e)
+	m.logf("keys: ALERT: %s", unprefixed(e))
+	return e
+}
+
+// Regression returns the *RegressionError seen last if the store is known
+// to hold an older key set than the one in use, else nil. It clears once
+// the store holds the set in use or a newer one.
+func (m *Manager) Regression() error {
+	if e := m.regressed.Load(); e != nil {
+		return e
+	}
+	return nil
 }
 
 // Reload re-reads the store and, if the set changed, switches to it. A set
-// lacking an active key for a configured algorithm is not installed (the
-// current keys stay in use), so a deleted or truncated store cannot stop
-// signing.
+// older than the one in use (a lower version: the store was deleted or
+// restored from an old copy) is not installed, and neither is a set lacking
+// an active key for a configured algorithm: the current keys stay in use,
+// so a deleted or truncated store cannot stop signing or unpublish keys.
 func (m *Manager) Reload(ctx context.Context) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -215,6 +287,10 @@ func (m *Manager) Reload(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := m.checkRegression(set); err != nil {
+		return err
+	}
+	m.regressed.Store(nil)
 	if c := m.cur.Load(); c != nil && c.set.sameAs(set) {
 		return nil
 	}

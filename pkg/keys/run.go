@@ -10,18 +10,20 @@ import (
 // published long enough), pruning of expired retired keys and old
 // tombstones, and reloading when the store reports a change (stores
 // without Watcher are re-read every tick instead). Writes happen only while
-// the WithShouldRotate function, if any, reports true. Every store
-// operation is bounded by a timeout; failures are logged and retried on the
-// next tick, about a minute later.
+// the WithShouldRotate function, if any, reports true; call Poke when it
+// turns true so that overdue work happens at once. Run wakes when the next
+// rotation or pruning is due, and at least every tick (a minute). Every
+// store operation is bounded by a timeout; failures are logged and retried
+// on the next tick.
 func (m *Manager) Run(ctx context.Context) {
 	var changed <-chan struct{}
 	if w, ok := m.st.(Watcher); ok {
 		changed = w.Watch(ctx)
 	}
 	watching := changed != nil
-	t := time.NewTicker(m.tick)
-	defer t.Stop()
 	m.maintain(ctx)
+	t := time.NewTimer(m.wait())
+	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -32,13 +34,66 @@ func (m *Manager) Run(ctx context.Context) {
 				continue
 			}
 			m.reload(ctx)
+		case <-m.poke:
 		case <-t.C:
 			if !watching {
 				m.reload(ctx)
 			}
-			m.maintain(ctx)
+		}
+		m.maintain(ctx) // no I/O unless something is due
+		t.Reset(m.wait())
+	}
+}
+
+// Poke makes Run check for due rotation and pruning now rather than at its
+// next wake-up: call it when the WithShouldRotate function turns true.
+func (m *Manager) Poke() {
+	select {
+	case m.poke <- struct{}{}:
+	default: // a poke is pending
+	}
+}
+
+// wait returns how long Run sleeps: until the next rotation or pruning is
+// due if this Manager may write and that comes before the next tick, else
+// a tick. Run has just called maintain, so work that is still overdue could
+// not be done (not allowed, or the store failed) and waits for the tick or
+// a Poke.
+func (m *Manager) wait() time.Duration {
+	d := m.tick
+	if !m.shouldRotate() {
+		return d
+	}
+	if t, ok := m.nextDue(m.cur.Load().set); ok {
+		if w := t.Sub(m.now()); w > 0 && w < d {
+			d = w
 		}
 	}
+	return d
+}
+
+// nextDue returns the earliest time scheduled rotation or pruning has work
+// in s.
+func (m *Manager) nextDue(s *Set) (t time.Time, ok bool) {
+	consider := func(x time.Time) {
+		if !ok || x.Before(t) {
+			t, ok = x, true
+		}
+	}
+	for _, alg := range m.p.Algorithms {
+		if r, due := nextRotation(s, alg, m.p); due {
+			consider(r)
+		}
+	}
+	for _, k := range s.Keys {
+		switch k.State {
+		case StateRetired:
+			consider(k.removeAt(m.p))
+		case StateRevoked:
+			consider(k.Revoked.Add(RevokedRetention))
+		}
+	}
+	return t, ok
 }
 
 func (m *Manager) reload(ctx context.Context) {

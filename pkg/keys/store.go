@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"time"
+
+	"github.com/tsidp/tsidp/internal/crashtest"
 )
 
 // Store persists one key Set with a version for compare-and-swap. It is
@@ -63,8 +65,10 @@ func Update(ctx context.Context, s Store, fn func(*Set) error) (*Set, error) {
 		if err := set.Check(); err != nil {
 			return nil, wrapf(err, "refusing to save an inconsistent key set")
 		}
+		crashtest.Point(crashtest.BeforeSave)
 		err = s.Save(ctx, set)
 		if err == nil {
+			crashtest.Point(crashtest.AfterSave)
 			return set, nil
 		}
 		if !errors.Is(err, ErrConflict) {
