@@ -41,6 +41,12 @@ var _ Signer = (*keys.Manager)(nil)
 type Check struct {
 	Name  string
 	Check func(context.Context) error
+	// Degrades marks a check whose failure does not stop token issuance
+	// (e.g. a replicated key store that is unreachable while the keys in
+	// memory still sign): /readyz then answers 200 with status "degraded"
+	// and the check's error, instead of 503, so that load balancers keep
+	// the instance while monitoring sees the problem.
+	Degrades bool
 }
 
 // Config wires a Server.
@@ -345,7 +351,12 @@ func (s *Server) serveReadyz(w http.ResponseWriter, r *http.Request) {
 		res := result{Name: c.Name, OK: true}
 		if err := c.Check(ctx); err != nil {
 			res.OK, res.Error = false, err.Error()
-			status, code = "not ready", http.StatusServiceUnavailable
+			switch {
+			case !c.Degrades:
+				status, code = "not ready", http.StatusServiceUnavailable
+			case code == http.StatusOK:
+				status = "degraded"
+			}
 		}
 		results = append(results, res)
 	}
