@@ -77,6 +77,30 @@ type KeysConfig struct {
 	ClockSkew time.Duration `yaml:"clock_skew"`
 	// RSABits is the RSA key size for RS256.
 	RSABits int `yaml:"rsa_bits"`
+	// Etcd configures the etcd store; used when Store is etcd://….
+	Etcd EtcdConfig `yaml:"etcd"`
+}
+
+// EtcdConfig configures the etcd key store, shared by replicas.
+type EtcdConfig struct {
+	// Prefix is prepended to tsidp's etcd keys (<prefix>keyset,
+	// <prefix>leader/). Deployments sharing a cluster need distinct ones.
+	Prefix string `yaml:"prefix"`
+	// KEKFile holds the key-encryption key that seals private keys in
+	// etcd: 32 raw bytes, 64 hex digits or base64; mode 0400 or 0600.
+	// Required with an etcd store.
+	KEKFile string `yaml:"kek_file"`
+	// CAFile, CertFile and KeyFile configure TLS to etcd: the CA of the
+	// members' certificates, and a client certificate and key. TLS is on
+	// when any of them is set.
+	CAFile   string `yaml:"ca_file"`
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+	// DialTimeout bounds the first contact with etcd at start.
+	DialTimeout time.Duration `yaml:"dial_timeout"`
+	// ElectionTTL is the lease TTL of leader election: a replica that dies
+	// without resigning is replaced as rotation leader within it.
+	ElectionTTL time.Duration `yaml:"election_ttl"`
 }
 
 // TokensConfig holds token defaults that audiences inherit.
@@ -109,6 +133,14 @@ const (
 	DefaultTTL       = time.Hour
 	DefaultMaxTTL    = 24 * time.Hour
 	DefaultAlgorithm = "ES256"
+
+	DefaultEtcdPrefix      = "/tsidp/"
+	DefaultEtcdDialTimeout = 5 * time.Second
+	DefaultElectionTTL     = 10 * time.Second
+	// MinElectionTTL: etcd raises shorter lease TTLs to its own minimum
+	// (1.5 × its election timeout, 2s with etcd's defaults).
+	MinElectionTTL = 2 * time.Second
+	MaxElectionTTL = 5 * time.Minute
 )
 
 // Load reads a configuration file. An empty path returns the defaults.
@@ -170,6 +202,8 @@ func sectionOf(goType string) string {
 		return "top level"
 	case "config.KeysConfig":
 		return "keys"
+	case "config.EtcdConfig":
+		return "keys.etcd"
 	case "config.TokensConfig":
 		return "tokens"
 	case "config.TailscaleConfig":
@@ -210,6 +244,15 @@ func (c *Config) Provision() {
 	}
 	if c.Keys.Store == "" {
 		c.Keys.Store = "file"
+	}
+	if c.Keys.Etcd.Prefix == "" {
+		c.Keys.Etcd.Prefix = DefaultEtcdPrefix
+	}
+	if c.Keys.Etcd.DialTimeout == 0 {
+		c.Keys.Etcd.DialTimeout = DefaultEtcdDialTimeout
+	}
+	if c.Keys.Etcd.ElectionTTL == 0 {
+		c.Keys.Etcd.ElectionTTL = DefaultElectionTTL
 	}
 	if c.Tokens.DefaultTTL == 0 {
 		c.Tokens.DefaultTTL = DefaultTTL
@@ -325,10 +368,54 @@ func (c *Config) Validate() error {
 		}
 		seen[pc.Name] = true
 	}
-	if c.Keys.Store != "file" && !strings.HasPrefix(c.Keys.Store, "etcd://") {
-		return fmt.Errorf("config: keys.store %q: must be \"file\" or \"etcd://host:port[,host:port…]\"", c.Keys.Store)
+	if err := c.ValidateStore(); err != nil {
+		return err
 	}
 	return nil
+}
+
+// ValidateStore checks the key store settings alone: the keys commands use
+// it, since they need no issuer or listener.
+func (c *Config) ValidateStore() error {
+	if c.Keys.Store == "file" {
+		return nil
+	}
+	if _, err := c.EtcdEndpoints(); err != nil {
+		return err
+	}
+	e := c.Keys.Etcd
+	switch {
+	case e.KEKFile == "":
+		return errors.New("config: keys.etcd.kek_file (--kek-file) is required with an etcd store: private keys are encrypted in etcd under that key")
+	case (e.CertFile == "") != (e.KeyFile == ""):
+		return errors.New("config: keys.etcd.cert_file and keys.etcd.key_file go together: set both (client certificate) or neither")
+	case e.Prefix == "":
+		return errors.New("config: keys.etcd.prefix must not be empty")
+	case e.DialTimeout <= 0 || e.DialTimeout > time.Minute:
+		return fmt.Errorf("config: keys.etcd.dial_timeout %v: must be positive and at most 1m", e.DialTimeout)
+	case e.ElectionTTL < MinElectionTTL || e.ElectionTTL > MaxElectionTTL:
+		return fmt.Errorf("config: keys.etcd.election_ttl %v: must be between %v and %v", e.ElectionTTL, MinElectionTTL, MaxElectionTTL)
+	case e.ElectionTTL%time.Second != 0:
+		return fmt.Errorf("config: keys.etcd.election_ttl %v: etcd leases have whole seconds", e.ElectionTTL)
+	}
+	return nil
+}
+
+// EtcdEndpoints returns the host:port endpoints of an etcd://… store.
+func (c *Config) EtcdEndpoints() ([]string, error) {
+	rest, ok := strings.CutPrefix(c.Keys.Store, "etcd://")
+	if !ok {
+		return nil, fmt.Errorf("config: keys.store %q: must be \"file\" or \"etcd://host:port[,host:port…]\"", c.Keys.Store)
+	}
+	var eps []string
+	for _, e := range strings.Split(rest, ",") {
+		e = strings.TrimSpace(e)
+		if _, port, err := net.SplitHostPort(e); err != nil || port == "" || strings.ContainsAny(e, "/?#@") {
+			return nil, fmt.Errorf("config: keys.store %q: endpoint %q is not host:port", c.Keys.Store, e)
+		}
+		eps = append(eps, e)
+	}
+	return eps, nil
 }
 
 func validateIssuer(s string) error {
