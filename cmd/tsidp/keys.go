@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -20,7 +21,8 @@ import (
 )
 
 func keysCommand() *cli.Command {
-	common := []cli.Flag{configFlag, stateDirFlag, storeFlag}
+	// Clipped: each subcommand appends its own flags to common.
+	common := slices.Clip(append([]cli.Flag{configFlag, stateDirFlag}, storeFlags()...))
 	return &cli.Command{
 		Name:  "keys",
 		Usage: "list, rotate, revoke, import and export signing keys",
@@ -195,6 +197,9 @@ func openKeyOps(c *cli.Context) (keyOps, error) {
 	kp, err := cfg.KeyPolicy()
 	if err != nil {
 		return nil, fmt.Errorf("tsidp: %w", err)
+	}
+	if err := cfg.ValidateStore(); err != nil {
+		return nil, err
 	}
 	ac := admin.NewClient(cfg.Admin.Socket)
 	ctx, cancel := context.WithTimeout(c.Context, 5*time.Second)

@@ -20,21 +20,24 @@ client nodes: a person (gateway --listen) and a tagged device (gateway --listen-
 Each gateway forwards requests through the tailnet to tsidp, so plain curl works:
 
    curl -d audience=sandbox http://127.0.0.1:8484/token`,
-		Flags: []cli.Flag{
+		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "listen", Value: sandbox.DefaultListen, Usage: "loopback `ADDR` of the person's gateway (and the issuer URL)"},
 			&cli.StringFlag{Name: "listen-tagged", Value: sandbox.DefaultListenTagged, Usage: "loopback `ADDR` of the tagged device's gateway"},
 			&cli.StringFlag{Name: "state-dir", Usage: "state `DIR` (keys, admin socket); default a temporary directory removed on exit"},
 			&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Usage: "configuration `FILE`; backend and issuer are set by the sandbox"},
 			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "log tsidp's activity"},
-		},
+		}, storeFlags()...),
 		Action: func(c *cli.Context) error {
-			var cfg *config.Config
+			cfg := new(config.Config)
 			if p := c.String("config"); p != "" {
 				var err error
 				if cfg, err = config.Load(p); err != nil {
 					return err
 				}
 			}
+			// --store etcd://… runs the sandbox's tsidp as a replica of
+			// that store.
+			applyStoreFlags(c, cfg)
 			logf := func(string, ...any) {}
 			if c.Bool("verbose") {
 				logf = log.New(os.Stderr, "", log.LstdFlags).Printf
@@ -51,10 +54,8 @@ Each gateway forwards requests through the tailnet to tsidp, so plain curl works
 				return err
 			}
 			var auds []string
-			if cfg != nil {
-				for _, a := range cfg.Audiences {
-					auds = append(auds, a.Name)
-				}
+			for _, a := range cfg.Audiences {
+				auds = append(auds, a.Name)
 			}
 			sb.PrintBanner(c.App.Writer, auds)
 			select {

@@ -18,13 +18,23 @@ var (
 	configFlag   = &cli.StringFlag{Name: "config", Aliases: []string{"c"}, EnvVars: []string{"TSIDP_CONFIG"}, Usage: "configuration `FILE` (YAML or JSON)"}
 	stateDirFlag = &cli.StringFlag{Name: "state-dir", EnvVars: []string{"TSIDP_STATE_DIR"}, Usage: "state `DIR` (keys, admin socket, tsnet state); default /var/lib/tsidp"}
 	storeFlag    = &cli.StringFlag{Name: "store", EnvVars: []string{"TSIDP_STORE"}, Usage: "key store: file or etcd://host:2379[,host:2379…]"}
+	// The etcd store's settings; see docs/keys.md.
+	etcdFlags = []cli.Flag{
+		&cli.StringFlag{Name: "kek-file", EnvVars: []string{"TSIDP_KEK_FILE"}, Usage: "key-encryption key `FILE` sealing private keys in etcd (32 bytes raw, hex or base64; mode 0400)"},
+		&cli.StringFlag{Name: "etcd-prefix", EnvVars: []string{"TSIDP_ETCD_PREFIX"}, Usage: "etcd key `PREFIX` (default /tsidp/)"},
+		&cli.StringFlag{Name: "etcd-ca-file", EnvVars: []string{"TSIDP_ETCD_CA_FILE"}, Usage: "CA certificates (PEM `FILE`) of the etcd members; turns TLS on"},
+		&cli.StringFlag{Name: "etcd-cert-file", EnvVars: []string{"TSIDP_ETCD_CERT_FILE"}, Usage: "client certificate (PEM `FILE`) for etcd; turns TLS on"},
+		&cli.StringFlag{Name: "etcd-key-file", EnvVars: []string{"TSIDP_ETCD_KEY_FILE"}, Usage: "client key (PEM `FILE`) for etcd"},
+	}
 )
 
+// storeFlags are the flags that choose and reach the key store.
+func storeFlags() []cli.Flag { return append([]cli.Flag{storeFlag}, etcdFlags...) }
+
 func serveFlags() []cli.Flag {
-	return []cli.Flag{
+	return append([]cli.Flag{
 		configFlag,
 		stateDirFlag,
-		storeFlag,
 		&cli.StringFlag{Name: "issuer", EnvVars: []string{"TSIDP_ISSUER"}, Usage: "issuer `URL` verifiers reach tsidp at"},
 		&cli.StringFlag{Name: "backend", EnvVars: []string{"TSIDP_BACKEND"}, Usage: "identity backend: tailscale (local tailscaled) or tsnet (own node)"},
 		&cli.StringFlag{Name: "socket", EnvVars: []string{"TSIDP_SOCKET"}, Usage: "tailscaled LocalAPI `SOCKET` (backend tailscale)"},
@@ -34,7 +44,7 @@ func serveFlags() []cli.Flag {
 		&cli.StringFlag{Name: "auth-key-file", EnvVars: []string{"TSIDP_AUTH_KEY_FILE"}, Usage: "`FILE` holding the auth key (backend tsnet; else $TS_AUTHKEY)"},
 		&cli.StringFlag{Name: "tailnet", EnvVars: []string{"TSIDP_TAILNET"}, Usage: "accept callers from this tailnet only"},
 		&cli.StringFlag{Name: "metrics-listen", EnvVars: []string{"TSIDP_METRICS_LISTEN"}, Usage: "serve Prometheus metrics on this TCP `ADDR`"},
-	}
+	}, storeFlags()...)
 }
 
 // loadConfig reads --config, applies flags and environment, provisions
@@ -59,7 +69,7 @@ func applyFlags(c *cli.Context, cfg *config.Config) {
 		}
 	}
 	set("state-dir", &cfg.StateDir)
-	set("store", &cfg.Keys.Store)
+	applyStoreFlags(c, cfg)
 	set("issuer", &cfg.Issuer)
 	set("backend", &cfg.Backend)
 	set("socket", &cfg.Tailscale.Socket)
@@ -72,6 +82,21 @@ func applyFlags(c *cli.Context, cfg *config.Config) {
 		cfg.Listen = c.StringSlice("listen")
 		cfg.TSNet.Listen = c.StringSlice("listen")
 	}
+}
+
+// applyStoreFlags applies the flags of storeFlags that are set.
+func applyStoreFlags(c *cli.Context, cfg *config.Config) {
+	set := func(name string, dst *string) {
+		if c.IsSet(name) {
+			*dst = c.String(name)
+		}
+	}
+	set("store", &cfg.Keys.Store)
+	set("kek-file", &cfg.Keys.Etcd.KEKFile)
+	set("etcd-prefix", &cfg.Keys.Etcd.Prefix)
+	set("etcd-ca-file", &cfg.Keys.Etcd.CAFile)
+	set("etcd-cert-file", &cfg.Keys.Etcd.CertFile)
+	set("etcd-key-file", &cfg.Keys.Etcd.KeyFile)
 }
 
 func serveCommand() *cli.Command {

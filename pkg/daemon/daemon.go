@@ -49,6 +49,7 @@ type Daemon struct {
 	issuer string
 
 	store   keys.Store
+	stores  *storeState // store health and leadership (store.go)
 	keys    *keys.Manager
 	source  identity.Source
 	node    *identity.TSNet // nil with backend tailscale
@@ -91,15 +92,19 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 	}
 
 	// Keys first: if the store is unusable there is nothing to serve.
-	d.store, err = OpenStore(ctx, cfg)
+	d.store, err = openStore(ctx, cfg, logf)
 	if err != nil {
 		return nil, err
 	}
+	// Closing the store also resigns etcd leadership (etcdstore.Close).
 	d.closers = append(d.closers, func() { d.store.Close() })
-	d.keys, err = keys.NewManager(ctx, d.store, kp, logf)
+	// With etcd, only the elected leader rotates on schedule (store.go).
+	d.stores = newStoreState(cfg, d.store, logf)
+	d.keys, err = keys.NewManager(ctx, d.store, kp, logf, d.stores.managerOptions()...)
 	if err != nil {
 		return nil, fmt.Errorf("tsidp: keys: %w", err)
 	}
+	d.stores.start(runCtx, cfg, d.keys, d.goRun) // election and health probes
 	d.goRun(func() { d.keys.Run(runCtx) })
 
 	// Identity backend, and the listeners that go with it.
@@ -143,7 +148,12 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 	if cfg.Grants.Capability != "" {
 		enrichers = append(enrichers, grants.New(cfg.Grants.Capability, logf))
 	}
-	checks := []server.Check{{Name: "keys", Check: d.keysReady}}
+	checks := []server.Check{
+		{Name: "keys", Check: d.keysReady},
+		// An unreachable store degrades but does not fail readiness: the
+		// keys in memory keep signing (docs/keys.md, "etcd unreachable").
+		{Name: "store", Check: d.stores.check, Degrades: true},
+	}
 	if len(cfg.Plugins) > 0 {
 		d.plugins, err = plugin.New(cfg.Plugins, plugin.Options{Logf: logf, Builtins: opts.Builtins})
 		if err != nil {
@@ -203,7 +213,8 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 			}
 			return d.plugins.Health()
 		},
-		Logf: logf,
+		StoreHealth: d.stores.check,
+		Logf:        logf,
 	})
 	d.serveHTTP(&http.Server{Handler: ah, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 90 * time.Second}, aln)
 
@@ -217,6 +228,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 		d.serveHTTP(&http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}, mln)
 	}
 	publishMetrics(d.srv)
+	publishStoreMetrics(d.stores)
 	logf("tsidp: serving issuer %s (backend %s, store %s) on %s", d.issuer, cfg.Backend, cfg.Keys.Store, strings.Join(addrStrings(d.addrs), ", "))
 	return d, nil
 }

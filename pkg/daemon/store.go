@@ -2,23 +2,251 @@ package daemon
 
 import (
 	"context"
+	"expvar"
 	"fmt"
+	"os"
 	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"tailscale.com/metrics"
 
 	"github.com/tsidp/tsidp/pkg/config"
 	"github.com/tsidp/tsidp/pkg/keys"
+	"github.com/tsidp/tsidp/pkg/keys/etcdstore"
 )
 
-// OpenStore opens the key store the configuration names.
+// OpenStore opens the key store the configuration names: the file store
+// under <state_dir>/keys, or etcd (sealed with the configured KEK). It
+// fails within keys.etcd.dial_timeout if etcd does not answer.
 func OpenStore(ctx context.Context, cfg *config.Config) (keys.Store, error) {
-	switch {
-	case cfg.Keys.Store == "file":
+	return openStore(ctx, cfg, nil)
+}
+
+func openStore(ctx context.Context, cfg *config.Config, logf func(string, ...any)) (keys.Store, error) {
+	if cfg.Keys.Store == "file" {
 		st, err := keys.NewFileStore(filepath.Join(cfg.StateDir, "keys"))
 		if err != nil {
 			return nil, fmt.Errorf("tsidp: key store: %w", err)
 		}
 		return st, nil
-	default:
-		return nil, fmt.Errorf("tsidp: key store %q is not supported", cfg.Keys.Store)
 	}
+	if err := cfg.ValidateStore(); err != nil {
+		return nil, fmt.Errorf("tsidp: %w", err)
+	}
+	eps, _ := cfg.EtcdEndpoints()
+	e := cfg.Keys.Etcd
+	sl, err := etcdstore.LoadKEK(e.KEKFile)
+	if err != nil {
+		return nil, fmt.Errorf("tsidp: key store: %w", err)
+	}
+	tc, err := etcdstore.TLSFiles{CAFile: e.CAFile, CertFile: e.CertFile, KeyFile: e.KeyFile}.Config()
+	if err != nil {
+		return nil, fmt.Errorf("tsidp: key store: %w", err)
+	}
+	st, err := etcdstore.Open(ctx, etcdstore.Config{
+		Endpoints:   eps,
+		Prefix:      e.Prefix,
+		TLS:         tc,
+		Sealer:      sl,
+		DialTimeout: e.DialTimeout,
+		Logf:        logf,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("tsidp: key store: %w", err)
+	}
+	return st, nil
+}
+
+// storeHealthInterval is how often a replicated store's health is probed,
+// and storeHealthTimeout the bound on one probe.
+const (
+	storeHealthInterval = time.Second
+	storeHealthTimeout  = 2 * time.Second
+)
+
+// storeState runs what a key store needs beside the key Manager: leader
+// election for scheduled rotation (etcd), health probes, and the readiness
+// check and metrics that report them.
+type storeState struct {
+	kind    string // "file" or "etcd"
+	st      keys.Store
+	elector atomic.Pointer[etcdstore.Elector] // nil with the file store
+	keys    *keys.Manager
+	logf    func(string, ...any)
+
+	healthy    atomic.Bool
+	downSince  atomic.Int64 // unix nanoseconds of the first failed probe; 0 when healthy
+	failures   atomic.Int64 // failed probes
+	mu         sync.Mutex
+	lastErr    error // last probe error, nil when healthy
+	stopHealth context.CancelFunc
+}
+
+func newStoreState(cfg *config.Config, st keys.Store, logf func(string, ...any)) *storeState {
+	s := &storeState{kind: "file", st: st, logf: logf}
+	if _, ok := st.(*etcdstore.Store); ok {
+		s.kind = "etcd"
+	}
+	s.healthy.Store(true)
+	return s
+}
+
+// managerOptions are the keys.Manager options for this store: with etcd,
+// only the elected leader runs scheduled rotation and pruning; with the
+// file store, the one daemon does.
+func (s *storeState) managerOptions() []keys.ManagerOption {
+	if s.kind != "etcd" {
+		return nil
+	}
+	return []keys.ManagerOption{keys.WithShouldRotate(s.isLeader)}
+}
+
+func (s *storeState) isLeader() bool {
+	if s.kind != "etcd" {
+		return true
+	}
+	e := s.elector.Load()
+	return e != nil && e.IsLeader()
+}
+
+// start begins leader election (etcd) and health probing, once the key
+// Manager exists. Both stop when ctx is done; the elector also stops (and
+// resigns) when the store is closed.
+func (s *storeState) start(ctx context.Context, cfg *config.Config, m *keys.Manager, run func(func())) {
+	s.keys = m
+	es, ok := s.st.(*etcdstore.Store)
+	if !ok {
+		return
+	}
+	host, _ := os.Hostname()
+	s.elector.Store(es.Elect(etcdstore.ElectorConfig{
+		TTL:  cfg.Keys.Etcd.ElectionTTL,
+		ID:   fmt.Sprintf("%s pid %d", host, os.Getpid()),
+		Logf: s.logf,
+		OnChange: func(leader bool) {
+			if leader {
+				m.Poke() // rotation may be overdue: the old leader died
+			}
+		},
+	}))
+	run(func() { s.probe(ctx, es) })
+}
+
+// probe checks the store's health every storeHealthInterval until ctx is
+// done, logs transitions, and reloads the key set when the store comes
+// back (the watch catches up too; this bounds the delay).
+func (s *storeState) probe(ctx context.Context, es *etcdstore.Store) {
+	t := time.NewTicker(storeHealthInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		pctx, cancel := context.WithTimeout(ctx, storeHealthTimeout)
+		err := es.Health(pctx)
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		s.record(err)
+	}
+}
+
+// record notes one probe result.
+func (s *storeState) record(err error) {
+	s.mu.Lock()
+	s.lastErr = err
+	s.mu.Unlock()
+	was := s.healthy.Swap(err == nil)
+	switch {
+	case err != nil:
+		s.failures.Add(1)
+		if was {
+			s.downSince.Store(time.Now().UnixNano())
+			s.logf("tsidp: key store unreachable; still signing and publishing key set version %d, no rotation until it is back: %v", s.keys.Version(), err)
+		}
+	case !was:
+		down := time.Since(time.Unix(0, s.downSince.Load())).Round(time.Second)
+		s.downSince.Store(0)
+		s.logf("tsidp: key store reachable again after %v", down)
+		rctx, cancel := context.WithTimeout(context.Background(), storeHealthTimeout)
+		if err := s.keys.Reload(rctx); err != nil {
+			s.logf("tsidp: reloading keys after the store came back: %v", err)
+		}
+		cancel()
+	}
+}
+
+// check is the "store" readiness check and the admin API's store health:
+// an error while the store is unreachable or went back to an older key
+// set. Either way tokens are still issued with the keys in memory, so
+// /readyz reports it as degraded, not as not ready.
+func (s *storeState) check(context.Context) error {
+	if !s.healthy.Load() {
+		s.mu.Lock()
+		err := s.lastErr
+		s.mu.Unlock()
+		down := time.Since(time.Unix(0, s.downSince.Load())).Round(time.Second)
+		return fmt.Errorf("key store unreachable for %v (signing with key set version %d, rotation paused): %v", down, s.keys.Version(), err)
+	}
+	if err := s.keys.Regression(); err != nil {
+		return err
+	}
+	return nil
+}
+
+// Store metrics, published once per process under "tsidp_store" for the
+// most recently started daemon (one per process outside tests).
+var (
+	storeMetricsOnce sync.Once
+	currentStore     atomic.Pointer[storeState]
+)
+
+func publishStoreMetrics(s *storeState) {
+	currentStore.Store(s)
+	storeMetricsOnce.Do(func() {
+		b2i := func(b bool) int64 {
+			if b {
+				return 1
+			}
+			return 0
+		}
+		get := func(f func(s *storeState) int64) expvar.Func {
+			return func() any {
+				if s := currentStore.Load(); s != nil && s.keys != nil {
+					return f(s)
+				}
+				return int64(0)
+			}
+		}
+		m := new(metrics.Set)
+		// 1 while the store answers (always for the file store).
+		m.Set("gauge_healthy", get(func(s *storeState) int64 { return b2i(s.healthy.Load()) }))
+		// Seconds since the store stopped answering; 0 while it answers.
+		m.Set("gauge_unreachable_seconds", get(func(s *storeState) int64 {
+			if t := s.downSince.Load(); t != 0 {
+				return int64(time.Since(time.Unix(0, t)).Seconds())
+			}
+			return 0
+		}))
+		m.Set("counter_health_failures", get(func(s *storeState) int64 { return s.failures.Load() }))
+		// 1 if this process runs scheduled rotation: the elected leader
+		// with etcd, always with the file store.
+		m.Set("gauge_leader", get(func(s *storeState) int64 { return b2i(s.isLeader()) }))
+		m.Set("counter_leader_terms", get(func(s *storeState) int64 {
+			if e := s.elector.Load(); e != nil {
+				return e.Terms()
+			}
+			return 0
+		}))
+		// The key set version this process signs with and publishes.
+		m.Set("gauge_key_set_version", get(func(s *storeState) int64 { return s.keys.Version() }))
+		// 1 while the store holds an older key set than the one in use.
+		m.Set("gauge_regressed", get(func(s *storeState) int64 { return b2i(s.keys.Regression() != nil) }))
+		expvarPublish("tsidp_store", m)
+	})
 }
