@@ -5,11 +5,14 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -225,5 +228,59 @@ func TestCLIErrorsAreOneLine(t *testing.T) {
 		if code == 0 || !strings.Contains(errOut, tc.want) || strings.Contains(errOut, "\n") || !strings.HasPrefix(errOut, "tsidp: ") {
 			t.Errorf("tsidp %v: exit %d, stderr %q; want one line starting \"tsidp: \" containing %q", tc.args, code, errOut, tc.want)
 		}
+	}
+}
+
+// TestSandboxStopsUnderLoad sends SIGTERM while 16 connections are busy
+// getting tokens: the process must still exit promptly. (tsnet's Close can
+// block inside gVisor while connections are open; tsidp bounds it.)
+func TestSandboxStopsUnderLoad(t *testing.T) {
+	listen, tagged := freeAddr(t), freeAddr(t)
+	cmd, out, stderr := startProcess(t, nil, "sandbox", "--listen", listen, "--listen-tagged", tagged, "--state-dir", shortTempDir(t))
+	waitForLine(t, out, "Press Ctrl-C to stop", 90*time.Second)
+
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var ok atomic.Int64
+	for i := 0; i < 16; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			hc := &http.Client{Timeout: 5 * time.Second}
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				res, err := hc.Post("http://"+listen+"/token", "application/x-www-form-urlencoded", strings.NewReader("audience=sandbox"))
+				if err != nil {
+					continue
+				}
+				io.Copy(io.Discard, res.Body)
+				res.Body.Close()
+				if res.StatusCode == 200 {
+					ok.Add(1)
+				}
+			}
+		}()
+	}
+	defer func() { close(stop); wg.Wait() }()
+	for deadline := time.Now().Add(20 * time.Second); ok.Load() < 500; {
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d tokens under load", ok.Load())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	start := time.Now()
+	cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case <-done:
+		t.Logf("stopped %v after SIGTERM under load", time.Since(start).Round(time.Millisecond))
+	case <-time.After(30 * time.Second):
+		t.Fatalf("sandbox still running 30s after SIGTERM under load\n%s", stderr)
 	}
 }

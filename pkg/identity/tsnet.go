@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"time"
 
 	"tailscale.com/ipn/store/mem"
 	"tailscale.com/logtail"
@@ -147,10 +148,19 @@ func (t *TSNet) Listen(addrs []string) ([]net.Listener, error) {
 	return lns, nil
 }
 
-// Close stops the watcher and the node.
+// Close stops the watcher and the node, waiting at most 5s for the node:
+// tsnet's Close can block forever inside netstack when many TCP endpoints
+// are open (it queues a RST for each into a queue nothing drains any more).
 func (t *TSNet) Close() error {
 	t.LocalAPI.Close()
-	return t.Server.Close()
+	done := make(chan error, 1)
+	go func() { done <- t.Server.Close() }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(5 * time.Second):
+		return errors.New("tsnet: node close did not finish within 5s; abandoning it")
+	}
 }
 
 func isLoopbackURL(s string) bool {

@@ -205,7 +205,7 @@ func (s *Sandbox) Close() error {
 	}
 	for _, n := range []*tsnet.Server{s.Tagged, s.Person} {
 		if n != nil {
-			n.Close()
+			errs = append(errs, tailnet.CloseNode(n))
 		}
 	}
 	if s.Daemon != nil {

@@ -237,7 +237,7 @@ func (c *Control) Close() error {
 	// to servers that are going away.
 	var wg sync.WaitGroup
 	for _, n := range nodes {
-		wg.Go(func() { n.Close() })
+		wg.Go(func() { CloseNode(n) })
 	}
 	wg.Wait()
 

@@ -76,7 +76,10 @@ func NewGateway(listenAddr string, via *tsnet.Server, target string) (*Gateway, 
 		ResponseHeaderTimeout: gatewayHeaderTimeout,
 		TLSHandshakeTimeout:   gatewayDialTimeout,
 		IdleConnTimeout:       30 * time.Second,
-		MaxIdleConnsPerHost:   8,
+		// Keep enough idle connections for a busy client: below its
+		// concurrency, every request beyond the pool opens a new tailnet
+		// connection and leaves another TIME_WAIT endpoint in netstack.
+		MaxIdleConnsPerHost: 256,
 	}
 	rp := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
