@@ -266,7 +266,7 @@ func TestSandboxStopsUnderLoad(t *testing.T) {
 		}()
 	}
 	defer func() { close(stop); wg.Wait() }()
-	for deadline := time.Now().Add(20 * time.Second); ok.Load() < 500; {
+	for deadline := time.Now().Add(60 * time.Second); ok.Load() < 8000; {
 		if time.Now().After(deadline) {
 			t.Fatalf("only %d tokens under load", ok.Load())
 		}
