@@ -308,3 +308,38 @@ func (w *discardWriter) reset() {
 type fakeConn struct{ net.Conn }
 
 func (fakeConn) RemoteAddr() net.Addr { return &net.TCPAddr{IP: net.IPv4(100, 64, 0, 5), Port: 4242} }
+
+// TestLimits checks the bounds NewHTTPServer sets: a client that never
+// finishes its headers is cut off, and oversize headers are refused.
+func TestLimits(t *testing.T) {
+	base := serveReal(t, newTestServer(t, &staticSource{id: alice}))
+	addr := strings.TrimPrefix(base, "http://")
+
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "POST /token HTTP/1.1\r\nHost: x\r\n") // and never the rest
+	c.SetReadDeadline(time.Now().Add(15 * time.Second))
+	start := time.Now()
+	_, err = io.ReadAll(c)
+	if err != nil {
+		t.Fatalf("slow client was not disconnected: %v", err)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("slow client disconnected after %v, want about ReadHeaderTimeout (5s)", d)
+	}
+
+	req, _ := http.NewRequest("POST", base+"/token", strings.NewReader("audience=api"))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("X-Padding", strings.Repeat("a", 2*maxHeaderBytes))
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+		t.Errorf("oversize headers: %d, want 431", res.StatusCode)
+	}
+}
