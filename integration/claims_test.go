@@ -15,6 +15,7 @@ import (
 
 	"tailscale.com/tailcfg"
 
+	"github.com/tsidp/tsidp/pkg/admin"
 	"github.com/tsidp/tsidp/pkg/claims/plugin"
 	"github.com/tsidp/tsidp/pkg/config"
 	"github.com/tsidp/tsidp/pkg/policy"
@@ -145,5 +146,17 @@ func TestPluginAndGrantClaimsInVerifiedTokens(t *testing.T) {
 	}
 	if res.StatusCode != 200 || !found {
 		t.Errorf("/readyz = %d %+v, want the plugins check ok", res.StatusCode, ready)
+	}
+
+	// And in the admin API's status, which `tsidp keys list` also reads.
+	st, err := admin.NewClient(sb.AdminSocket).Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var health []struct {
+		Name, State string
+	}
+	if err := json.Unmarshal(st.Plugins, &health); err != nil || len(health) != 1 || health[0].Name != "groups" || health[0].State == "" {
+		t.Errorf("admin status plugins = %s (%v)", st.Plugins, err)
 	}
 }
