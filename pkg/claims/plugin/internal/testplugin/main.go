@@ -83,6 +83,10 @@ func (p *plugin) Enrich(ctx context.Context, req *sdk.Request) (*sdk.Response, e
 		select {
 		case <-time.After(5 * time.Second):
 		case <-ctx.Done():
+			// The propagated gRPC deadline ended the call: answer with
+			// the error, or a normal answer could race the host's own
+			// deadline and arrive first.
+			return nil, ctx.Err()
 		}
 	case "slow":
 		time.Sleep(100 * time.Millisecond)
