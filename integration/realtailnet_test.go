@@ -51,14 +51,29 @@ type realTailnet struct {
 	idp     *harness.Tailscaled
 }
 
+// needTailscaleBinaries builds tailscaled and tailscale unless they are
+// cached, with a bound of its own: a cold build takes about 4 minutes on 2
+// cores, and should not eat into a test's own deadline. Call it before
+// starting the test's clock. It fails the test, never skips.
+func needTailscaleBinaries(t *testing.T) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+	t0 := time.Now()
+	if _, _, err := harness.Binaries(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(t0); d > time.Second {
+		t.Logf("built tailscaled and tailscale in %v", d.Round(time.Second))
+	}
+}
+
 // startRealTailnet starts control (honouring tag:ci) and the idp tailscaled.
 // It fails the test, never skips, when a part is missing.
 func startRealTailnet(ctx context.Context, t *testing.T) *realTailnet {
 	t.Helper()
 	t0 := time.Now()
-	if _, _, err := harness.Binaries(ctx); err != nil {
-		t.Fatal(err)
-	}
+	needTailscaleBinaries(t)
 	c, err := tailnet.StartControl(tailnet.ControlConfig{
 		MagicDNSDomain: realDomain,
 		TagOwners:      map[string][]string{"tag:ci": nil},

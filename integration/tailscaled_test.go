@@ -24,7 +24,8 @@ import (
 // tailscale" beside a real tailscaled and calls it over the tailnet from a
 // person's node (tsnet) and a tagged device (a second real tailscaled).
 func TestTailscaledBackend(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	needTailscaleBinaries(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	rt := startRealTailnet(ctx, t)
 	ci := rt.startTailscaled(ctx, t, "ci", "tag:ci")

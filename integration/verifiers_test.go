@@ -194,7 +194,8 @@ type verifierCase struct {
 // HTTP, and checks that each rejects a tampered signature, forged claims, a
 // wrong audience, an expired token and a token whose key was revoked.
 func TestVerifiers(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	needTailscaleBinaries(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 
 	t0 := time.Now()
