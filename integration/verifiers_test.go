@@ -212,11 +212,15 @@ func TestVerifiers(t *testing.T) {
 
 	algs := []string{"RS256", "ES256", "EdDSA"}
 	valid, short := map[string]string{}, map[string]string{}
-	var shortExp time.Time
+	var shortExp time.Time // the latest exp of the ttl=10 tokens
 	for _, alg := range algs {
 		short[alg] = mustToken(t, hc, srv.tailnet, url.Values{"audience": {algAudience[alg]}, "ttl": {"10"}})
-		shortExp = time.Now().Add(10 * time.Second)
 		valid[alg] = mustToken(t, hc, srv.tailnet, url.Values{"audience": {algAudience[alg]}})
+		c := payloadOf(t, short[alg])
+		if c["exp"].(float64)-c["iat"].(float64) != 10 {
+			t.Fatalf("ttl=10 token: exp %v, iat %v", c["exp"], c["iat"])
+		}
+		shortExp = time.Unix(int64(c["exp"].(float64)), 0)
 	}
 
 	// Library messages differ; each reason must still name the failure.
@@ -278,8 +282,9 @@ func TestVerifiers(t *testing.T) {
 	})
 
 	// The ttl=10 tokens were valid for 10 s; wait them out (every verifier
-	// here allows no leeway) and put them to all verifiers at once.
-	if d := time.Until(shortExp.Add(1500 * time.Millisecond)); d > 0 {
+	// here allows no leeway; go-oidc wants now > exp, at 1 s resolution) and
+	// put them to all verifiers at once.
+	if d := time.Until(shortExp.Add(1100 * time.Millisecond)); d > 0 {
 		t.Logf("waiting %v for the ttl=10 tokens to expire", d.Round(time.Millisecond))
 		time.Sleep(d)
 	}
