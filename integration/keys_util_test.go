@@ -299,3 +299,5 @@ func linesWith(s, want string) []string {
 	}
 	return out
 }
+
+func jsonUnmarshal(s string, v any) error { return json.Unmarshal([]byte(s), v) }
