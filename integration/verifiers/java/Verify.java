@@ -46,7 +46,7 @@ public class Verify {
         try {
             System.out.println(verify(issuer, audience, alg, token));
         } catch (NoSuchAlgorithmException e) {
-            System.out.println("this JDK cannot verify " + alg + ": " + e.getMessage());
+            System.out.println("cannot verify " + alg + ": " + e.getMessage());
             System.exit(2);
         } catch (Rejected e) {
             System.out.println(e.getMessage());
@@ -60,7 +60,7 @@ public class Verify {
             case "RS256" -> "SHA256withRSA";
             case "ES256" -> "SHA256withECDSAinP1363Format"; // JWS signatures are r||s, not DER
             case "EdDSA" -> "Ed25519";
-            default -> throw new NoSuchAlgorithmException(alg + " is not implemented here");
+            default -> throw new NoSuchAlgorithmException("not implemented in Verify.java");
         };
         String[] parts = token.split("\\.", -1);
         if (parts.length != 3) throw new Rejected("not a compact JWS");
