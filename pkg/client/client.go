@@ -74,6 +74,11 @@ func (c *Client) Token(ctx context.Context, r Request) (*Token, error) {
 	}
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	req.Header.Set("Accept", "application/json")
+	// Asking twice for a token is harmless, so mark the request idempotent:
+	// net/http then retries it once on a fresh connection when a kept-alive
+	// one turns out to be dead (as after a tailscaled restart). A nil value
+	// is not sent.
+	req.Header["Idempotency-Key"] = nil
 	hc := c.HTTPClient
 	if hc == nil {
 		hc = &http.Client{Timeout: 30 * time.Second}

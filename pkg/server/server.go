@@ -21,6 +21,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 	"tailscale.com/metrics"
+	"tailscale.com/types/logger"
 
 	"github.com/tsidp/tsidp/pkg/claims"
 	"github.com/tsidp/tsidp/pkg/identity"
@@ -86,6 +87,9 @@ type Config struct {
 // Server serves tsidp's HTTP endpoints.
 type Server struct {
 	cfg       Config
+	// refusalLogf logs refused requests (401, 403) for audit, rate limited
+	// so that a caller hammering tsidp cannot flood the log.
+	refusalLogf func(format string, args ...any)
 	router    chi.Router
 	discovery []byte
 	oauthMeta []byte
@@ -122,7 +126,8 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	s := &Server{cfg: cfg, metrics: newServerMetrics()}
+	s := &Server{cfg: cfg, metrics: newServerMetrics(),
+		refusalLogf: logger.RateLimitedFn(cfg.Logf, time.Minute, 30, 100)}
 	var err error
 	if s.discovery, s.oauthMeta, err = s.metadata(); err != nil {
 		return nil, err

@@ -343,3 +343,25 @@ func TestLimits(t *testing.T) {
 		t.Errorf("oversize headers: %d, want 431", res.StatusCode)
 	}
 }
+
+func TestRefusalsAreLogged(t *testing.T) {
+	var mu sync.Mutex
+	var logs []string
+	pol, _ := policy.New([]policy.AudienceConfig{{Name: "eng", Allow: []string{"group:eng"}}},
+		policy.Defaults{TTL: time.Hour, MaxTTL: 24 * time.Hour, Algorithm: "ES256"})
+	s, err := New(Config{Issuer: "https://idp.example", Source: &staticSource{id: alice}, Signer: testManager(t), Policy: pol,
+		Logf: func(f string, a ...any) { mu.Lock(); logs = append(logs, fmt.Sprintf(f, a...)); mu.Unlock() }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := httptest.NewRequest("POST", "/token", strings.NewReader("audience=eng"))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.RemoteAddr = "100.64.0.5:4242"
+	rec := httptest.NewRecorder()
+	s.Handler().ServeHTTP(rec, req)
+	mu.Lock()
+	defer mu.Unlock()
+	if rec.Code != 403 || len(logs) != 1 || !strings.Contains(logs[0], "refused sub=user:1") || !strings.Contains(logs[0], `aud="eng"`) {
+		t.Errorf("status %d, logs %q", rec.Code, logs)
+	}
+}

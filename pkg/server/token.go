@@ -202,6 +202,8 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request) (claims.Token
 		oe := identityError(err)
 		if oe.status == http.StatusServiceUnavailable {
 			s.cfg.Logf("token: %v", err)
+		} else {
+			s.refusalLogf("token: refused %s: %s (%v)", r.RemoteAddr, oe.code, err)
 		}
 		return claims.Token{}, "", oe
 	}
@@ -222,6 +224,7 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request) (claims.Token
 		return claims.Token{}, "", oerr
 	}
 	if !granted && !aud.Allows(id, claims.Strings(extra, "groups")) {
+		s.refusalLogf("token: refused sub=%s node=%s aud=%q: no allow rule matches", id.Subject, id.NodeName, aud.Name)
 		return claims.Token{}, "", &oauthError{http.StatusForbidden, "access_denied",
 			fmt.Sprintf("%s may not get tokens for audience %q", describe(id), aud.Name)}
 	}
@@ -267,6 +270,7 @@ func (s *Server) enrich(r *http.Request, id *identity.Identity, aud *policy.Audi
 			if reason == "" {
 				reason = "refused by " + e.Name()
 			}
+			s.refusalLogf("token: refused sub=%s aud=%q by %s: %s", id.Subject, aud.Name, e.Name(), reason)
 			return nil, false, 0, &oauthError{http.StatusForbidden, "access_denied", reason}
 		}
 		valid := res.Claims[:0:0]
