@@ -86,14 +86,14 @@ type Config struct {
 
 // Server serves tsidp's HTTP endpoints.
 type Server struct {
-	cfg       Config
+	cfg Config
 	// refusalLogf logs refused requests (401, 403) for audit, rate limited
 	// so that a caller hammering tsidp cannot flood the log.
 	refusalLogf func(format string, args ...any)
-	router    chi.Router
-	discovery []byte
-	oauthMeta []byte
-	metrics   *serverMetrics
+	router      chi.Router
+	discovery   []byte
+	oauthMeta   []byte
+	metrics     *serverMetrics
 }
 
 // Limits on what a caller can make the server read.
