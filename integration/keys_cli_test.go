@@ -10,6 +10,7 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/pem"
+	"fmt"
 	"io"
 	"net/url"
 	"os"
@@ -247,5 +248,105 @@ func checkPublicOnly(t *testing.T, doc string) {
 		if !k.IsPublic() {
 			t.Errorf("JWKS key %s is not public", k.KeyID)
 		}
+	}
+}
+
+// TestKeyFileDeletedWhileRunning: deleting keyset.json under a running
+// daemon neither stops signing nor lets the daemon write a new key set
+// over the gap (which would unpublish keys of unexpired tokens): it keeps
+// its keys, says so loudly, reports the store degraded, refuses operator
+// writes, and resumes when the file is put back.
+func TestKeyFileDeletedWhileRunning(t *testing.T) {
+	dir := shortTempDir(t)
+	state := dir + "/state"
+	metrics := freeAddr(t)
+	cfg := writeFile(t, dir, "tsidp.yaml", "admin:\n  metrics_listen: "+metrics+"\n"+perAlgAudiences)
+	listen, tagged := freeAddr(t), freeAddr(t)
+	p := startBin(t, tsidpBinary(t), nil, "sandbox", "-v", "--listen", listen, "--listen-tagged", tagged, "--state-dir", state, "--config", cfg)
+	p.waitLine(t, "Press Ctrl-C to stop", 90*time.Second)
+	iss := "http://" + listen
+	hc := httpClient()
+	kf := state + "/keys/keyset.json"
+	saved, err := os.ReadFile(kf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	status, before, _ := postToken(t, hc, iss, url.Values{"audience": {"es"}})
+	if status != 200 {
+		t.Fatal(status)
+	}
+	jwks := jwksBodyOf(t, iss)
+	metric := func(name string) string {
+		res, err := hc.Get("http://" + metrics + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer res.Body.Close()
+		b, _ := io.ReadAll(res.Body)
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(l, name+" "); ok {
+				return v
+			}
+		}
+		t.Fatalf("no metric %s", name)
+		return ""
+	}
+
+	if err := os.Remove(kf); err != nil {
+		t.Fatal(err)
+	}
+	var rd readiness
+	waitFor(t, "/readyz to report the store", 10*time.Second, func() bool {
+		res, err := hc.Get(iss + "/readyz")
+		if err != nil {
+			return false
+		}
+		defer res.Body.Close()
+		b, _ := io.ReadAll(res.Body)
+		rd = readiness{code: res.StatusCode}
+		jsonUnmarshal(string(b), &rd)
+		return rd.Status == "degraded"
+	})
+	if rd.code != 200 {
+		t.Errorf("/readyz with the key file gone: %d", rd.code)
+	}
+	if !strings.Contains(fmt.Sprint(rd.Checks), "the key store is empty") {
+		t.Errorf("store check: %+v", rd.Checks)
+	}
+	status, after, _ := postToken(t, hc, iss, url.Values{"audience": {"es"}})
+	if status != 200 || kidOf(t, after.AccessToken) != kidOf(t, before.AccessToken) {
+		t.Errorf("token with the key file gone: %d, kid %s", status, kidOf(t, after.AccessToken))
+	}
+	if jwksBodyOf(t, iss) != jwks {
+		t.Error("JWKS changed")
+	}
+	_, errOut, code := runTSIDP(t, "keys", "rotate", "--force", "--state-dir", state)
+	if code == 0 || !strings.Contains(errOut, "Refusing to write over it") || strings.Count(strings.TrimSpace(errOut), "\n") != 0 {
+		t.Errorf("rotate over a deleted key file: exit %d %q", code, errOut)
+	}
+	if _, err := os.Stat(kf); err == nil {
+		t.Fatal("the daemon wrote a new key file over the deleted one")
+	}
+	if metric("tsidp_store_regressed") != "1" {
+		t.Error("tsidp_store_regressed is not 1")
+	}
+	if len(linesWith(p.log(), "keys: ALERT: the key store is empty")) == 0 {
+		t.Errorf("no ALERT in the log:\n%s", p.log())
+	}
+
+	// Put it back: the daemon resumes.
+	if err := os.WriteFile(kf, saved, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "/readyz ready again", 10*time.Second, func() bool {
+		res, err := hc.Get(iss + "/readyz")
+		if err != nil {
+			return false
+		}
+		res.Body.Close()
+		return res.StatusCode == 200 && metric("tsidp_store_regressed") == "0"
+	})
+	if _, errOut, code := runTSIDP(t, "keys", "rotate", "--force", "--state-dir", state); code != 0 {
+		t.Errorf("rotate after the file came back: %s", errOut)
 	}
 }
