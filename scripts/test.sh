@@ -68,7 +68,7 @@ go vet ./...
 # one at a time (-p 1): the machine has few cores and the tests measure
 # behaviour under timeouts.
 log "unit tests (with the race detector)"
-go test -race -count=1 -timeout 10m $(go list ./pkg/... ./cmd/... ./plugins/... | grep -v -e /pkg/tailnet -e /pkg/sandbox)
+go test -race -count=1 -timeout 10m $(go list ./pkg/... ./cmd/... ./plugins/... ./internal/... | grep -v -e /pkg/tailnet -e /pkg/sandbox)
 
 log "tailnet, sandbox and integration tests"
 go test -count=1 -p 1 -timeout 40m ./pkg/tailnet/... ./pkg/sandbox/... ./integration/...
