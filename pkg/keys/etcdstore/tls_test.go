@@ -1,17 +1,7 @@
 package etcdstore_test
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
-	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -21,85 +11,19 @@ import (
 	"github.com/tsidp/tsidp/pkg/keys/etcdstore/etcdtest"
 )
 
-// pki writes a CA, a server certificate for 127.0.0.1 and a client
-// certificate, all signed by the CA, as PEM files in dir.
-type pki struct {
-	ca, serverCert, serverKey, clientCert, clientKey string
-	otherCA                                          string // a CA that signed nothing here
-}
-
-func newPKI(t *testing.T, dir string) pki {
-	t.Helper()
-	newKey := func() *ecdsa.PrivateKey {
-		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return k
-	}
-	writePEM := func(name, typ string, der []byte) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	writeKey := func(name string, k *ecdsa.PrivateKey) string {
-		der, err := x509.MarshalPKCS8PrivateKey(k)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return writePEM(name, "PRIVATE KEY", der)
-	}
-	now := time.Now()
-	mkCA := func(name string) (*x509.Certificate, *ecdsa.PrivateKey, string) {
-		k := newKey()
-		tmpl := &x509.Certificate{
-			SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name},
-			NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
-			IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c, _ := x509.ParseCertificate(der)
-		return c, k, writePEM(name+".pem", "CERTIFICATE", der)
-	}
-	caCert, caKey, caFile := mkCA("ca")
-	_, _, otherCA := mkCA("other-ca")
-	leaf := func(name string, serial int64, usage x509.ExtKeyUsage) (string, string) {
-		k := newKey()
-		tmpl := &x509.Certificate{
-			SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: name},
-			NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
-			KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{usage},
-			IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
-		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &k.PublicKey, caKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return writePEM(name+".pem", "CERTIFICATE", der), writeKey(name+"-key.pem", k)
-	}
-	sc, sk := leaf("server", 2, x509.ExtKeyUsageServerAuth)
-	cc, ck := leaf("client", 3, x509.ExtKeyUsageClientAuth)
-	return pki{ca: caFile, serverCert: sc, serverKey: sk, clientCert: cc, clientKey: ck, otherCA: otherCA}
-}
-
 // TestTLS runs etcd with TLS and client-certificate authentication: the
 // store works with the CA and a client certificate, and fails clearly
 // without the certificate or with the wrong CA.
 func TestTLS(t *testing.T) {
 	dir := t.TempDir()
-	p := newPKI(t, dir)
-	good := etcdstore.TLSFiles{CAFile: p.ca, CertFile: p.clientCert, KeyFile: p.clientKey}
+	p := etcdtest.WritePKI(t, dir)
+	good := etcdstore.TLSFiles{CAFile: p.CA, CertFile: p.ClientCert, KeyFile: p.ClientKey}
 	tc, err := good.Config()
 	if err != nil {
 		t.Fatal(err)
 	}
 	c := etcdtest.StartWith(t, etcdtest.Options{Members: 1, TLS: &etcdtest.TLSFiles{
-		CertFile: p.serverCert, KeyFile: p.serverKey, ClientCAFile: p.ca,
+		CertFile: p.ServerCert, KeyFile: p.ServerKey, ClientCAFile: p.CA,
 		HealthClient: &http.Client{Timeout: time.Second, Transport: &http.Transport{TLSClientConfig: tc}},
 	}})
 	ctx := testCtx(t)
@@ -129,10 +53,10 @@ func TestTLS(t *testing.T) {
 		f    etcdstore.TLSFiles
 		want string
 	}{
-		{"no client certificate", etcdstore.TLSFiles{CAFile: p.ca}, "did not answer"},
-		{"wrong CA", etcdstore.TLSFiles{CAFile: p.otherCA, CertFile: p.clientCert, KeyFile: p.clientKey}, "did not answer"},
-		{"cert without key", etcdstore.TLSFiles{CAFile: p.ca, CertFile: p.clientCert}, "both cert_file and key_file"},
-		{"CA file is not PEM", etcdstore.TLSFiles{CAFile: p.clientKey + ".missing"}, "CA file"},
+		{"no client certificate", etcdstore.TLSFiles{CAFile: p.CA}, "did not answer"},
+		{"wrong CA", etcdstore.TLSFiles{CAFile: p.OtherCA, CertFile: p.ClientCert, KeyFile: p.ClientKey}, "did not answer"},
+		{"cert without key", etcdstore.TLSFiles{CAFile: p.CA, CertFile: p.ClientCert}, "both cert_file and key_file"},
+		{"CA file is not PEM", etcdstore.TLSFiles{CAFile: p.ClientKey + ".missing"}, "CA file"},
 	} {
 		_, err := open(tc.f, time.Second)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
