@@ -377,7 +377,10 @@ func (s *Store) watchOnce(ctx context.Context, signal func(), resumed bool) (est
 	wch := s.cli.Watch(wctx, s.key, clientv3.WithCreatedNotify())
 	for resp := range wch {
 		if err := resp.Err(); err != nil {
-			if ctx.Err() == nil && !s.closed.Load() {
+			// Log a watch that worked and broke; attempts that never get
+			// established (etcd down) stay quiet: the health check and
+			// the elector report the outage.
+			if established && ctx.Err() == nil && !s.closed.Load() {
 				s.logf("etcdstore: watch on %s ended (%v); re-establishing", s.key, err)
 			}
 			if resp.CompactRevision != 0 {
