@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -339,7 +340,8 @@ func TestReplicasOnEtcd(t *testing.T) {
 	}
 	back := time.Now()
 	for _, r := range live() {
-		waitFor(t, r.name+" ready again", 15*time.Second, func() bool {
+		// Probes run every second and reconnects back off at most 2s.
+		waitFor(t, r.name+" ready again", 6*time.Second, func() bool {
 			rd := r.readyz(t, hc)
 			return rd.code == 200 && rd.Status == "ready"
 		})
@@ -372,6 +374,22 @@ func TestReplicasOnEtcd(t *testing.T) {
 		for _, l := range linesWith(r.p.log(), "ALERT") {
 			t.Errorf("%s logged: %s", r.name, l)
 		}
+	}
+
+	// A leader that stops cleanly (SIGTERM) resigns: the other replica
+	// takes over at once, not after the TTL.
+	leader, _ = waitLeader(replicaTTL + 3*time.Second)
+	start := time.Now()
+	leader.p.cmd.Process.Signal(syscall.SIGTERM)
+	if ps := leader.p.waitExit(t, 15*time.Second); !ps.Success() {
+		t.Errorf("%s after SIGTERM: %v", leader.name, ps)
+	}
+	stop := time.Since(start)
+	leader.dead = true
+	next, d = waitLeader(replicaTTL)
+	t.Logf("FIGURE clean shutdown of leader %s took %v; %s leads %v after it exited", leader.name, stop.Round(time.Millisecond), next.name, d)
+	if !strings.Contains(leader.p.log(), "resigns leadership") {
+		t.Errorf("%s did not resign:\n%s", leader.name, leader.p.log())
 	}
 }
 

@@ -36,6 +36,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 
 	"github.com/tsidp/tsidp/internal/crashtest"
 	"github.com/tsidp/tsidp/pkg/keys"
@@ -47,6 +49,9 @@ const (
 	DefaultDialTimeout = 5 * time.Second
 	// DefaultOpTimeout bounds an operation whose context has no deadline.
 	DefaultOpTimeout = 10 * time.Second
+	// reconnectMaxDelay caps the wait between attempts to reconnect to an
+	// etcd member.
+	reconnectMaxDelay = 2 * time.Second
 )
 
 // Key names under the prefix.
@@ -132,6 +137,14 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		PermitWithoutStream:  true,
 		TLS:                  cfg.TLS,
 		Logger:               zap.NewNop(),
+		// gRPC's default reconnect backoff grows to two minutes, so after
+		// a long etcd outage replicas would take up to that long to notice
+		// it is back. Cap it at two seconds: a handful of cheap dials per
+		// replica while etcd is down, and catch-up within seconds.
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: reconnectMaxDelay},
+			MinConnectTimeout: cfg.DialTimeout,
+		})},
 		// RejectOldCluster stays off: the v3.7 client calls servers older
 		// than 3.6 "old" and refuses them with it, but every API this
 		// package uses (KV Range/Txn/Put, Watch with created-notify and
