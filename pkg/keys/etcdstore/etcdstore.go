@@ -324,8 +324,9 @@ func storedVersion(data []byte) (int64, error) {
 	return head.Version, nil
 }
 
-// Health reports whether the cluster answers a linearizable read within
-// timeout, which needs a quorum of members.
+// Health reports whether the cluster answers a linearizable read (which
+// needs a quorum of members) before ctx is done, or within the default
+// operation timeout if ctx has no deadline.
 func (s *Store) Health(ctx context.Context) error {
 	if err := s.checkOpen(); err != nil {
 		return err
@@ -351,8 +352,15 @@ func (s *Store) Watch(ctx context.Context) <-chan struct{} {
 		default: // one signal is pending; the reader reloads anyway
 		}
 	}
-	ctx, cancel := context.WithCancel(ctx)
+	s.mu.Lock()
+	if s.closed.Load() {
+		s.mu.Unlock()
+		close(ch)
+		return ch
+	}
 	s.wg.Add(1)
+	s.mu.Unlock()
+	ctx, cancel := context.WithCancel(ctx)
 	go func() {
 		defer s.wg.Done()
 		defer close(ch)
@@ -429,11 +437,11 @@ func (s *Store) Close() error {
 		s.mu.Lock()
 		els := s.electors
 		s.electors = nil
+		s.closed.Store(true) // no new watches or electors from here on
 		s.mu.Unlock()
 		for _, e := range els {
 			e.Close()
 		}
-		s.closed.Store(true)
 		close(s.done)
 		s.cli.Close()
 		s.wg.Wait()
