@@ -287,3 +287,54 @@ func TestOpenIsBounded(t *testing.T) {
 		t.Errorf("Open without a sealer: %v", err)
 	}
 }
+
+// TestConcurrentClients: writers with their own etcd clients (replicas, the
+// CLI) rotating the same set at once lose no update.
+func TestConcurrentClients(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	ctx := testCtx(t)
+	sl := newSealer(t)
+	p := policy(keys.ES256)
+	const writers, each = 3, 10
+	stores := make([]*etcdstore.Store, writers)
+	for i := range stores {
+		stores[i] = openStore(t, c, sl, "/concurrent/")
+	}
+	init, err := keys.Update(ctx, stores[0], func(s *keys.Set) error { return s.Ensure(t0, p) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	errs := make(chan error, writers*each)
+	done := make(chan struct{})
+	for w, st := range stores {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			for i := range each {
+				now := t0.Add(time.Duration(w*each+i+1) * time.Minute)
+				if _, err := keys.Update(ctx, st, func(s *keys.Set) error { return s.Rotate(now, p, keys.ES256, true) }); err != nil {
+					errs <- err
+				}
+			}
+		}()
+	}
+	for range writers {
+		<-done
+	}
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	got, err := stores[1].Load(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	retired := 0
+	for _, k := range got.Keys {
+		if k.State == keys.StateRetired {
+			retired++
+		}
+	}
+	if got.Version != init.Version+writers*each || retired != writers*each {
+		t.Errorf("after %d concurrent rotations: version %d (from %d), %d retired keys", writers*each, got.Version, init.Version, retired)
+	}
+}
