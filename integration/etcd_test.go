@@ -26,10 +26,11 @@ import (
 )
 
 // Numbers of the replica test: rotation every 4s (a next key is published
-// jwks_max_age 1s + clock_skew 1s before it may sign), a 2s election TTL.
+// jwks_max_age 1s + clock_skew 1s before it may sign), a 3s election TTL
+// (the shortest allowed).
 const (
 	replicaRotation = 4 * time.Second
-	replicaTTL      = 2 * time.Second
+	replicaTTL      = 3 * time.Second
 )
 
 const replicaConfig = `issuer: http://idp.replicas.test
@@ -40,7 +41,7 @@ keys:
   clock_skew: 1s
   etcd:
     prefix: /replicas/
-    election_ttl: 2s
+    election_ttl: 3s
 tokens:
   default_ttl: 5m
   max_ttl: 10m
@@ -262,6 +263,9 @@ func TestReplicasOnEtcd(t *testing.T) {
 	leader.dead = true
 	next, d := waitLeader(replicaTTL + 3*time.Second)
 	t.Logf("FIGURE leader failover after SIGKILL of %s: %s leads after %v (election TTL %v)", leader.name, next.name, d, replicaTTL)
+	if d > replicaTTL {
+		t.Errorf("failover took %v, longer than election_ttl %v", d, replicaTTL)
+	}
 	rot := waitVersionAbove(ctx, t, live(), v0, replicaTTL+replicaRotation+5*time.Second)
 	t.Logf("first scheduled rotation by the new leader %v after the kill", rot.Sub(killed).Round(time.Millisecond))
 	getTokens("after leader kill")

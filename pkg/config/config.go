@@ -98,8 +98,8 @@ type EtcdConfig struct {
 	KeyFile  string `yaml:"key_file"`
 	// DialTimeout bounds the first contact with etcd at start.
 	DialTimeout time.Duration `yaml:"dial_timeout"`
-	// ElectionTTL is the lease TTL of leader election: a replica that dies
-	// without resigning is replaced as rotation leader within it.
+	// ElectionTTL bounds leader failover: a replica that dies without
+	// resigning is replaced as rotation leader within it.
 	ElectionTTL time.Duration `yaml:"election_ttl"`
 }
 
@@ -137,9 +137,10 @@ const (
 	DefaultEtcdPrefix      = "/tsidp/"
 	DefaultEtcdDialTimeout = 5 * time.Second
 	DefaultElectionTTL     = 10 * time.Second
-	// MinElectionTTL: etcd raises shorter lease TTLs to its own minimum
-	// (1.5 × its election timeout, 2s with etcd's defaults).
-	MinElectionTTL = 2 * time.Second
+	// MinElectionTTL: the election lease is a second shorter, and etcd
+	// raises shorter lease TTLs to its own minimum (2s with etcd's
+	// defaults); see etcdstore.ElectorConfig.
+	MinElectionTTL = 3 * time.Second
 	MaxElectionTTL = 5 * time.Minute
 )
 

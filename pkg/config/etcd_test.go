@@ -35,8 +35,8 @@ func TestEtcdStoreSettings(t *testing.T) {
 		{"empty endpoint", func(c *Config) { c.Keys.Store = "etcd://10.0.0.1:2379," }, `endpoint "" is not host:port`},
 		{"path", func(c *Config) { c.Keys.Store = "etcd://10.0.0.1:2379/x" }, "not host:port"},
 		{"cert without key", func(c *Config) { c.Keys.Etcd.CertFile = "c.pem" }, "cert_file and keys.etcd.key_file go together"},
-		{"short ttl", func(c *Config) { c.Keys.Etcd.ElectionTTL = time.Second }, "election_ttl 1s"},
-		{"fractional ttl", func(c *Config) { c.Keys.Etcd.ElectionTTL = 2500 * time.Millisecond }, "whole seconds"},
+		{"short ttl", func(c *Config) { c.Keys.Etcd.ElectionTTL = 2 * time.Second }, "election_ttl 2s: must be between 3s and 5m"},
+		{"fractional ttl", func(c *Config) { c.Keys.Etcd.ElectionTTL = 3500 * time.Millisecond }, "whole seconds"},
 		{"dial timeout", func(c *Config) { c.Keys.Etcd.DialTimeout = -time.Second }, "dial_timeout"},
 	} {
 		c := base()

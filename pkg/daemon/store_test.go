@@ -39,7 +39,7 @@ func etcdConfig(t *testing.T, c *etcdtest.Cluster, kek string) *config.Config {
 	cfg := &config.Config{StateDir: t.TempDir()}
 	cfg.Keys.Store = c.StoreURL()
 	cfg.Keys.Etcd.KEKFile = kek
-	cfg.Keys.Etcd.ElectionTTL = 2 * time.Second
+	cfg.Keys.Etcd.ElectionTTL = 3 * time.Second
 	cfg.Keys.Etcd.DialTimeout = 2 * time.Second
 	cfg.Provision()
 	return cfg
@@ -185,7 +185,7 @@ func TestStoreStateEtcd(t *testing.T) {
 	if err := ss.check(ctx); !strings.Contains(err.Error(), "key store unreachable for") || !strings.Contains(err.Error(), "rotation paused") {
 		t.Errorf("check with etcd down: %v", err)
 	}
-	waitFor("the leader to step down", 2*time.Second+3*time.Second, func() bool { return !ss.isLeader() })
+	waitFor("the leader to step down", 3*time.Second+3*time.Second, func() bool { return !ss.isLeader() })
 	if s := metrics(); !strings.Contains(s, "tsidp_store_healthy 0\n") || !strings.Contains(s, "tsidp_store_leader 0\n") {
 		t.Errorf("metrics with etcd down:\n%s", s)
 	}

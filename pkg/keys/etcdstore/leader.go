@@ -12,20 +12,28 @@ import (
 	"go.etcd.io/etcd/client/v3/concurrency"
 )
 
-// DefaultElectionTTL is the default lease TTL of an election session: how
-// long a replica that dies without resigning (SIGKILL, power loss, network
-// partition) keeps leadership before another replica takes over.
+// DefaultElectionTTL is the default election TTL: the longest a replica
+// that dies without resigning (SIGKILL, power loss, network partition)
+// keeps leadership before another replica takes over.
 const DefaultElectionTTL = 10 * time.Second
 
-// MinElectionTTL is the shortest TTL accepted: etcd raises shorter lease
-// TTLs to its own minimum (1.5 × the election timeout, 2 s with etcd's
-// defaults) anyway.
-const MinElectionTTL = 2 * time.Second
+// MinElectionTTL is the shortest election TTL accepted. The lease behind it
+// is a second shorter (see ElectorConfig.TTL), and etcd raises lease TTLs
+// below its own minimum (1.5 × its election timeout, 2s with etcd's
+// defaults) to that minimum.
+const MinElectionTTL = 3 * time.Second
+
+// expiryCheck is how often etcd looks for expired leases (500ms in etcd
+// 3.4–3.6): a dead leader's lease is revoked up to that long after it
+// expired. The lease TTL leaves a second for it.
+const expiryCheck = time.Second
 
 // ElectorConfig configures an Elector.
 type ElectorConfig struct {
-	// TTL is the election session's lease TTL, rounded up to whole
-	// seconds. Default DefaultElectionTTL.
+	// TTL bounds how long a dead leader keeps leadership: its lease has
+	// TTL minus one second (whole seconds, at least 2), and etcd revokes
+	// an expired lease within half a second, after which the next replica
+	// wins at once. Default DefaultElectionTTL.
 	TTL time.Duration
 	// ID is what this replica announces while leading (host name, pid),
 	// visible under <prefix>leader/ for operators.
@@ -85,7 +93,7 @@ func (s *Store) Elect(cfg ElectorConfig) *Elector {
 	e := &Elector{
 		s:      s,
 		cfg:    cfg,
-		ttl:    int(math.Ceil(cfg.TTL.Seconds())),
+		ttl:    leaseTTL(cfg.TTL),
 		logf:   cfg.Logf,
 		cancel: cancel,
 		done:   make(chan struct{}),
@@ -106,6 +114,11 @@ func (s *Store) Elect(cfg ElectorConfig) *Elector {
 		e.run(ctx)
 	}()
 	return e
+}
+
+// leaseTTL is the lease TTL, in seconds, for an election TTL.
+func leaseTTL(ttl time.Duration) int {
+	return max(int(math.Ceil((ttl-expiryCheck).Seconds())), 2)
 }
 
 // IsLeader reports whether this replica currently leads.
