@@ -48,12 +48,13 @@ type ElectorConfig struct {
 // Elector campaigns for leadership of the replicas sharing a Store, through
 // an etcd election under <prefix>leader. At most one Elector of a prefix
 // leads at a time, as far as etcd is concerned: leadership is a key bound
-// to the leader's lease, which expires TTL after the leader stops renewing
-// it. A leader drops its leadership locally as soon as it cannot renew the
-// lease for TTL, so it stops acting as leader no later than etcd lets
-// another replica take over (up to the round-trip of the last renewal).
-// Callers that write under leadership must still use compare-and-swap, as
-// keys.Update does; leadership only avoids wasted work.
+// to the leader's lease, which expires when the leader stops renewing it.
+// A leader that cannot renew drops its leadership locally once the lease
+// TTL has passed since the last renewal (the etcd client checks every
+// 500ms), about when etcd lets another replica win; the two can overlap by
+// up to about half a second. Callers that write under leadership must
+// therefore still use compare-and-swap, as keys.Update does: leadership
+// only avoids wasted work.
 type Elector struct {
 	s    *Store
 	cfg  ElectorConfig
