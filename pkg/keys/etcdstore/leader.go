@@ -119,7 +119,7 @@ func (s *Store) Elect(cfg ElectorConfig) *Elector {
 
 // leaseTTL is the lease TTL, in seconds, for an election TTL.
 func leaseTTL(ttl time.Duration) int {
-	return max(int(math.Ceil((ttl-expiryCheck).Seconds())), 2)
+	return max(int(math.Ceil((ttl - expiryCheck).Seconds())), 2)
 }
 
 // IsLeader reports whether this replica currently leads.
