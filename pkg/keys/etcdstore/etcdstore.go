@@ -340,10 +340,11 @@ func (s *Store) Health(ctx context.Context) error {
 }
 
 // Watch implements keys.Watcher. The channel receives a signal after every
-// change of the key set, and after the watch had to be re-established
-// (etcd restarted, a member lost its leader, history compacted), since
-// changes may have been missed then. It is closed when ctx is done or the
-// store is closed.
+// change of the key set, and each time the etcd watch is established: once
+// at first (a change may land before etcd registers the watch) and after it
+// had to be re-established (a member lost its leader, history compacted),
+// since changes may have been missed then. It is closed when ctx is done or
+// the store is closed.
 func (s *Store) Watch(ctx context.Context) <-chan struct{} {
 	ch := make(chan struct{}, 1)
 	signal := func() {
@@ -374,8 +375,8 @@ func (s *Store) Watch(ctx context.Context) <-chan struct{} {
 		}()
 		const minBackoff, maxBackoff = 100 * time.Millisecond, 5 * time.Second
 		backoff := minBackoff
-		for first := true; ; first = false {
-			ok := s.watchOnce(ctx, signal, !first)
+		for {
+			ok := s.watchOnce(ctx, signal)
 			if ctx.Err() != nil {
 				return
 			}
@@ -394,9 +395,10 @@ func (s *Store) Watch(ctx context.Context) <-chan struct{} {
 }
 
 // watchOnce runs one etcd watch until it breaks. It signals once the watch
-// is established if resumed (changes may have happened since the last one
-// broke), and on every event. It reports whether the watch got established.
-func (s *Store) watchOnce(ctx context.Context, signal func(), resumed bool) (established bool) {
+// is established, because a change may have happened before (between the
+// call to Watch, or the last watch breaking, and now), and on every event.
+// It reports whether the watch got established.
+func (s *Store) watchOnce(ctx context.Context, signal func()) (established bool) {
 	// WithRequireLeader: a member cut off from its cluster cancels the
 	// watch instead of keeping it open and silent.
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
@@ -417,9 +419,7 @@ func (s *Store) watchOnce(ctx context.Context, signal func(), resumed bool) (est
 		}
 		if resp.Created {
 			established = true
-			if resumed {
-				signal()
-			}
+			signal()
 			continue
 		}
 		if len(resp.Events) > 0 {

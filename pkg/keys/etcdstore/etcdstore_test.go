@@ -338,3 +338,26 @@ func TestConcurrentClients(t *testing.T) {
 		t.Errorf("after %d concurrent rotations: version %d (from %d), %d retired keys", writers*each, got.Version, init.Version, retired)
 	}
 }
+
+// TestWatchRightAway: a Save made right after Watch returns, possibly
+// before etcd has registered the watch, is still signalled.
+func TestWatchRightAway(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	sl := newSealer(t)
+	for i := range 20 {
+		st := openStore(t, c, sl, "")
+		ctx, cancel := context.WithCancel(testCtx(t))
+		ch := st.Watch(ctx)
+		s := &keys.Set{}
+		s.Ensure(t0, policy(keys.ES256))
+		if err := st.Save(ctx, s); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-ch:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("round %d: no signal for a Save right after Watch", i)
+		}
+		cancel()
+	}
+}
