@@ -18,30 +18,64 @@ import (
 	"time"
 )
 
-var (
-	buildOnce sync.Once
-	tsidpBin  string
-	buildErr  error
-	buildOut  []byte
-)
+// binaries holds the tsidp binaries built for this test process, by build
+// tags, in one directory that TestMain removes.
+var binaries struct {
+	mu    sync.Mutex
+	dir   string
+	built map[string]*builtBinary
+}
 
-// tsidpBinary builds cmd/tsidp once per test process and returns its path.
-func tsidpBinary(t testing.TB) string {
+type builtBinary struct {
+	once sync.Once
+	path string
+	err  error
+	out  []byte
+}
+
+// buildTSIDP builds cmd/tsidp with the given build tags, once per test
+// process, and returns its path.
+func buildTSIDP(t testing.TB, tags string) string {
 	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "tsidp-bin-")
+	binaries.mu.Lock()
+	if binaries.dir == "" {
+		d, err := os.MkdirTemp("", "tsidp-bin-")
 		if err != nil {
-			buildErr = err
-			return
+			binaries.mu.Unlock()
+			t.Fatal(err)
 		}
-		tsidpBin = filepath.Join(dir, "tsidp")
-		cmd := exec.Command("go", "build", "-o", tsidpBin, "../cmd/tsidp")
-		buildOut, buildErr = cmd.CombinedOutput()
-	})
-	if buildErr != nil {
-		t.Fatalf("building tsidp: %v\n%s", buildErr, buildOut)
+		binaries.dir, binaries.built = d, map[string]*builtBinary{}
 	}
-	return tsidpBin
+	b := binaries.built[tags]
+	if b == nil {
+		b = new(builtBinary)
+		binaries.built[tags] = b
+	}
+	dir := binaries.dir
+	binaries.mu.Unlock()
+	b.once.Do(func() {
+		name := "tsidp"
+		if tags != "" {
+			name += "-" + strings.ReplaceAll(tags, ",", "-")
+		}
+		b.path = filepath.Join(dir, name)
+		b.out, b.err = exec.Command("go", "build", "-tags", tags, "-o", b.path, "../cmd/tsidp").CombinedOutput()
+	})
+	if b.err != nil {
+		t.Fatalf("building tsidp (tags %q): %v\n%s", tags, b.err, b.out)
+	}
+	return b.path
+}
+
+// tsidpBinary is the production binary.
+func tsidpBinary(t testing.TB) string { return buildTSIDP(t, "") }
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binaries.dir != "" {
+		os.RemoveAll(binaries.dir)
+	}
+	os.Exit(code)
 }
 
 // runTSIDP runs the binary to completion and returns stdout, stderr and

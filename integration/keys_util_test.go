@@ -16,7 +16,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -25,32 +24,9 @@ import (
 	"github.com/go-jose/go-jose/v4/jwt"
 )
 
-var (
-	crashBuildOnce sync.Once
-	crashBin       string
-	crashBuildErr  error
-	crashBuildOut  []byte
-)
-
 // crashBinary builds cmd/tsidp with the tsidp_crashtest tag, which compiles
-// in internal/crashtest's hook (TSIDP_TEST_CRASH_AT), once per test process.
-func crashBinary(t testing.TB) string {
-	t.Helper()
-	crashBuildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "tsidp-crashbin-")
-		if err != nil {
-			crashBuildErr = err
-			return
-		}
-		crashBin = filepath.Join(dir, "tsidp")
-		cmd := exec.Command("go", "build", "-tags", "tsidp_crashtest", "-o", crashBin, "../cmd/tsidp")
-		crashBuildOut, crashBuildErr = cmd.CombinedOutput()
-	})
-	if crashBuildErr != nil {
-		t.Fatalf("building tsidp with tsidp_crashtest: %v\n%s", crashBuildErr, crashBuildOut)
-	}
-	return crashBin
-}
+// in internal/crashtest's hook (TSIDP_TEST_CRASH_AT).
+func crashBinary(t testing.TB) string { return buildTSIDP(t, "tsidp_crashtest") }
 
 // proc is a tsidp process started by a test.
 type proc struct {
