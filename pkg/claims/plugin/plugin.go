@@ -62,6 +62,9 @@ type Health struct {
 // maxReasonBytes bounds a plugin's deny reason, which callers see.
 const maxReasonBytes = 256
 
+// maxRefusedLogged bounds how many refused claims one log line names.
+const maxRefusedLogged = 4
+
 // stableAfter is how long an instance must live for its restart to count
 // as a fresh start rather than part of a crash loop.
 const stableAfter = 10 * time.Second
@@ -82,6 +85,7 @@ type Plugin struct {
 	cache      *cache
 	sf         singleflight.Group
 	errLog     rateLog
+	claimLog   rateLog // refused claims: a plugin bug repeats on every call
 	cacheable  atomic.Bool
 	supervised atomic.Bool
 	kick       chan struct{}
@@ -117,6 +121,7 @@ func newPlugin(cfg Config, opts *Options, l launcher) *Plugin {
 		since:    time.Now(),
 	}
 	p.errLog.logf = opts.Logf
+	p.claimLog.logf, p.claimLog.burst = opts.Logf, 5
 	p.quitCtx, p.cancelQuit = context.WithCancel(context.Background())
 	return p
 }
@@ -297,14 +302,22 @@ func (p *Plugin) result(inst *instance, resp *claimsv1.EnrichResponse) (*claims.
 	}
 	size := 0
 	var valid []claims.Claim
+	var refused []string
 	for _, c := range resp.GetClaims() {
 		cl := claims.Claim{Name: c.GetName(), Value: json.RawMessage(c.GetValueJson())}
 		if err := cl.Validate(inst.allowed); err != nil {
-			p.opts.Logf("plugin %s: refused claim: %v", p.cfg.Name, err)
+			refused = append(refused, err.Error())
 			continue
 		}
 		size += len(cl.Name) + len(cl.Value)
 		valid = append(valid, cl)
+	}
+	if len(refused) > 0 {
+		// One line per answer, whatever the plugin sent.
+		if len(refused) > maxRefusedLogged {
+			refused = append(refused[:maxRefusedLogged], fmt.Sprintf("and %d more", len(refused)-maxRefusedLogged))
+		}
+		p.claimLog.log("plugin %s: refused claim: %s", p.cfg.Name, strings.Join(refused, "; "))
 	}
 	if size > claims.MaxExtraBytes {
 		return nil, 0, fmt.Errorf("result of %d bytes of claims is over the %d-byte limit", size, claims.MaxExtraBytes)
@@ -478,26 +491,37 @@ func backoff(n int, lo, hi time.Duration) time.Duration {
 	return d/2 + rand.N(d/2+1)
 }
 
-// rateLog logs at most one line per second and counts the rest, so a
-// failing plugin under load does not flood the log.
+// rateLog logs at most burst lines (at least one) per second and counts the
+// rest, so a failing or misbehaving plugin under load does not flood the log.
 type rateLog struct {
-	logf func(string, ...any)
+	logf  func(string, ...any)
+	burst int
+	now   func() time.Time // for tests; nil means time.Now
 
 	mu         sync.Mutex
-	last       time.Time
-	suppressed int
+	window     time.Time // start of the current one-second window
+	logged     int       // lines logged in it
+	suppressed int       // lines dropped since the last one logged
 }
 
 func (r *rateLog) log(format string, args ...any) {
 	r.mu.Lock()
-	now := time.Now()
-	if now.Sub(r.last) < time.Second {
+	now := time.Now
+	if r.now != nil {
+		now = r.now
+	}
+	t := now()
+	if t.Sub(r.window) >= time.Second {
+		r.window, r.logged = t, 0
+	}
+	if r.logged >= max(r.burst, 1) {
 		r.suppressed++
 		r.mu.Unlock()
 		return
 	}
+	r.logged++
 	n := r.suppressed
-	r.last, r.suppressed = now, 0
+	r.suppressed = 0
 	r.mu.Unlock()
 	if n > 0 {
 		format += fmt.Sprintf(" (and %d similar messages)", n)

@@ -252,7 +252,7 @@ func TestRefusedClaims(t *testing.T) {
 		logged  string
 	}{
 		{"undeclared", []string{"secret_role"}, `refused claim: claim "secret_role" was not declared`},
-		{"reserved", []string{"sub", "email"}, `refused claim: claim "sub" is reserved`},
+		{"reserved", []string{"sub", "email"}, `refused claim: claim "email" is reserved; claim "sub" is reserved`},
 		{"oversize-claim", []string{"huge"}, `refused claim: claim "huge" is 9218 bytes, over the 8192-byte limit`},
 	}
 	for _, tt := range tests {
@@ -353,6 +353,35 @@ func TestFormatLine(t *testing.T) {
 		if level, msg := formatLine(tt.in); level != tt.level || msg != tt.msg {
 			t.Errorf("formatLine(%q) = %q, %q; want %q, %q", tt.in, level, msg, tt.level, tt.msg)
 		}
+	}
+}
+
+// TestRateLog shows the log of a misbehaving plugin stays bounded under
+// load: a burst of lines per second, then a count of what was dropped.
+func TestRateLog(t *testing.T) {
+	var lines []string
+	clock := time.Unix(1e9, 0)
+	r := rateLog{
+		logf:  func(f string, a ...any) { lines = append(lines, fmt.Sprintf(f, a...)) },
+		burst: 3,
+		now:   func() time.Time { return clock },
+	}
+	for i := range 1000 {
+		r.log("refused %d", i)
+	}
+	if want := []string{"refused 0", "refused 1", "refused 2"}; !slices.Equal(lines, want) {
+		t.Fatalf("first second logged %q, want %q", lines, want)
+	}
+	clock = clock.Add(999 * time.Millisecond)
+	r.log("still the same second")
+	if len(lines) != 3 {
+		t.Fatalf("logged %q within the first second", lines[3:])
+	}
+	clock = clock.Add(time.Millisecond)
+	r.log("next second")
+	r.log("next second again")
+	if want := []string{"next second (and 998 similar messages)", "next second again"}; !slices.Equal(lines[3:], want) {
+		t.Fatalf("next second logged %q, want %q", lines[3:], want)
 	}
 }
 
