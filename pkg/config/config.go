@@ -428,8 +428,15 @@ func validateIssuer(s string) error {
 		return fmt.Errorf("%q must be an http or https URL", s)
 	case u.Host == "":
 		return fmt.Errorf("%q has no host", s)
-	case u.RawQuery != "" || u.Fragment != "":
+	case u.RawQuery != "" || u.ForceQuery || u.Fragment != "":
 		return fmt.Errorf("%q must not have a query or fragment", s)
+	case u.User != nil:
+		return fmt.Errorf("%q must not have user information", s)
+	case u.Path != "" || u.RawPath != "":
+		// Discovery, JWKS and the token endpoint are served at the root,
+		// and verifiers compare "iss" with the configured string exactly:
+		// a path (even a lone "/") would break one or the other.
+		return fmt.Errorf("%q has a path: tsidp serves at the root of its issuer URL; write it without a path or trailing slash, as %q", s, u.Scheme+"://"+u.Host)
 	}
 	return nil
 }

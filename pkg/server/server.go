@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"strings"
 	"sync"
 	"time"
@@ -53,7 +54,8 @@ type Check struct {
 // Config wires a Server.
 type Config struct {
 	// Issuer is the "iss" of every token and the base URL of the endpoints,
-	// without a trailing slash.
+	// used exactly as given: an http or https URL without a path (not even
+	// a trailing slash), query or fragment.
 	Issuer string
 	// Source identifies callers.
 	Source identity.Source
@@ -112,11 +114,9 @@ func New(cfg Config) (*Server, error) {
 	case cfg.Policy == nil:
 		return nil, errors.New("server: no policy")
 	}
-	iss := strings.TrimSuffix(cfg.Issuer, "/")
-	if iss == "" {
-		return nil, errors.New("server: no issuer")
+	if err := checkIssuer(cfg.Issuer); err != nil {
+		return nil, err
 	}
-	cfg.Issuer = iss
 	if cfg.IdentityCacheTTL == 0 {
 		cfg.IdentityCacheTTL = 5 * time.Second
 	}
@@ -148,6 +148,23 @@ func New(cfg Config) (*Server, error) {
 	})
 	s.router = r
 	return s, nil
+}
+
+// checkIssuer refuses an issuer the server cannot serve as given. The
+// endpoints live at the root, and verifiers compare "iss" with the issuer
+// they were configured with byte for byte, so the issuer is used exactly as
+// written and must have no path, not even a trailing slash. Configuration
+// validation says the same to users; this keeps other callers honest.
+func checkIssuer(iss string) error {
+	if iss == "" {
+		return errors.New("server: no issuer")
+	}
+	u, err := url.Parse(iss)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil ||
+		u.Path != "" || u.RawQuery != "" || u.ForceQuery || u.Fragment != "" {
+		return fmt.Errorf("server: issuer %q must be an http or https URL with no path (not even a trailing slash), query or fragment: tsidp serves at its root", iss)
+	}
+	return nil
 }
 
 // Handler returns the routed handler. Behind it, identity falls back to
