@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/tsidp/tsidp/pkg/identity"
 )
@@ -79,13 +80,15 @@ type Enricher interface {
 }
 
 // Validate checks a claim an enricher returned: a legal, non-reserved name and
-// a bounded, syntactically valid JSON value. allowed, if non-nil, is the set
-// of names the enricher declared.
+// a bounded, syntactically valid JSON value. Both must be valid UTF-8: the
+// value is copied verbatim into the token, and strict verifiers (RFC 8259
+// §8.1) reject a payload that is not. allowed, if non-nil, is the set of
+// names the enricher declared.
 func (c Claim) Validate(allowed map[string]bool) error {
 	switch {
 	case c.Name == "":
 		return fmt.Errorf("empty claim name")
-	case len(c.Name) > 128 || strings.ContainsAny(c.Name, "\"\\\x00"):
+	case len(c.Name) > 128 || strings.ContainsAny(c.Name, "\"\\\x00") || !utf8.ValidString(c.Name):
 		return fmt.Errorf("claim name %.40q is not allowed", c.Name)
 	case IsReserved(c.Name):
 		return fmt.Errorf("claim %q is reserved", c.Name)
@@ -93,6 +96,9 @@ func (c Claim) Validate(allowed map[string]bool) error {
 		return fmt.Errorf("claim %q was not declared", c.Name)
 	case len(c.Value) > MaxClaimBytes:
 		return fmt.Errorf("claim %q is %d bytes, over the %d-byte limit", c.Name, len(c.Value), MaxClaimBytes)
+	case !utf8.Valid(c.Value):
+		// json.Valid accepts invalid UTF-8 inside strings.
+		return fmt.Errorf("claim %q is not valid UTF-8", c.Name)
 	case !json.Valid(c.Value):
 		return fmt.Errorf("claim %q is not valid JSON", c.Name)
 	}

@@ -1,11 +1,13 @@
 package claims
 
 import (
+	"bytes"
 	"encoding/json"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/tsidp/tsidp/pkg/identity"
 )
@@ -125,6 +127,10 @@ func TestValidate(t *testing.T) {
 		{Claim{"groups", json.RawMessage(`"` + strings.Repeat("a", MaxClaimBytes) + `"`)}, declared, "limit"},
 		{Claim{"", json.RawMessage(`1`)}, nil, "empty"},
 		{Claim{`a"b`, json.RawMessage(`1`)}, nil, "not allowed"},
+		{Claim{"groups", json.RawMessage("[\"\xff\xfe\"]")}, declared, "not valid UTF-8"},
+		{Claim{"groups", json.RawMessage("\"\xed\xa0\x80\"")}, declared, "not valid UTF-8"}, // a surrogate, encoded
+		{Claim{"groups", json.RawMessage(`"\ud800 h\u00e9llo 🎉"`)}, declared, ""},           // escapes are fine
+		{Claim{"gr\xffoups", json.RawMessage(`1`)}, nil, "not allowed"},
 	}
 	for _, tt := range tests {
 		err := tt.c.Validate(tt.allowed)
@@ -132,6 +138,43 @@ func TestValidate(t *testing.T) {
 			t.Errorf("Validate(%s) = %v, want error containing %q", tt.c.Name, err, tt.wantErr)
 		}
 	}
+}
+
+// FuzzValidatedClaimInToken checks that any claim Validate accepts lands in
+// the token payload as valid UTF-8 JSON, under its own name and with its own
+// value: strict verifiers (Python's json.loads, for one) reject anything else.
+func FuzzValidatedClaimInToken(f *testing.F) {
+	f.Add("groups", []byte(`["eng","ops"]`))
+	f.Add("groups", []byte("[\"\xff\xfe\"]"))
+	f.Add("gr\xffoups", []byte(`1`))
+	f.Add("x-role", []byte(`"\u2028<&>\ud800"`))
+	f.Fuzz(func(t *testing.T, name string, value []byte) {
+		c := Claim{Name: name, Value: json.RawMessage(value)}
+		if c.Validate(nil) != nil {
+			return
+		}
+		tok := Token{Issuer: "i", Subject: "user:42", Audience: "a", Identity: person(), Extra: []Claim{c}}
+		b := tok.AppendJSON(nil)
+		if !utf8.Valid(b) || !json.Valid(b) {
+			t.Fatalf("claim %q = %q accepted, but the payload is not valid UTF-8 JSON: %q", name, value, b)
+		}
+		// Numbers as written: 1e400 is valid JSON but no float64.
+		decode := func(b []byte, v any) {
+			t.Helper()
+			dec := json.NewDecoder(bytes.NewReader(b))
+			dec.UseNumber()
+			if err := dec.Decode(v); err != nil {
+				t.Fatalf("decoding %q: %v", b, err)
+			}
+		}
+		var got map[string]any
+		decode(b, &got)
+		var want any
+		decode(value, &want)
+		if v, ok := got[name]; !ok || !reflect.DeepEqual(v, want) {
+			t.Fatalf("claim %q = %q accepted, but the payload has %q = %v (present %v): %q", name, value, name, v, ok, b)
+		}
+	})
 }
 
 func TestMerge(t *testing.T) {
