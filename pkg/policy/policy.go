@@ -24,7 +24,11 @@ type AudienceConfig struct {
 	//   "*@example.com"       people whose login matches the glob
 	//   "user:alice@example.com" one person, by login
 	//   "tag:ci"              tagged devices carrying the tag
-	//   "node:build-1"        one node, by host name or full MagicDNS name
+	//   "node:build-1.tail1234.ts.net"
+	//                         one node, by full MagicDNS name
+	//   "node:build-1"        one node of this tailnet (not a sharee), by
+	//                         the first label of its MagicDNS name
+	//   "nodeid:nXXXXCNTRL"   one node, by stable node ID
 	//   "group:eng"           callers whose "groups" claim (from plugins or
 	//                         tailnet grants) contains "eng"
 	Allow []string `yaml:"allow"`
@@ -201,7 +205,9 @@ const (
 	ruleLoginGlob
 	ruleUser
 	ruleTag
-	ruleNode
+	ruleNode     // full MagicDNS name
+	ruleHostName // first label of the MagicDNS name, own tailnet only
+	ruleNodeID
 	ruleGroup
 )
 
@@ -226,11 +232,20 @@ func parseRule(s string) (rule, error) {
 		case "tag":
 			return rule{kind: ruleTag, arg: s}, nil // tags are compared whole, "tag:x"
 		case "node":
-			return rule{kind: ruleNode, arg: strings.ToLower(strings.TrimSuffix(arg, "."))}, nil
+			name := strings.ToLower(strings.TrimSuffix(arg, "."))
+			if name == "" {
+				return bad("empty after the prefix")
+			}
+			if strings.Contains(name, ".") {
+				return rule{kind: ruleNode, arg: name}, nil
+			}
+			return rule{kind: ruleHostName, arg: name}, nil
+		case "nodeid":
+			return rule{kind: ruleNodeID, arg: arg}, nil // stable IDs are compared exactly
 		case "group":
 			return rule{kind: ruleGroup, arg: arg}, nil
 		default:
-			return bad(`unknown prefix; use "*", a login glob like "*@example.com", "user:", "tag:", "node:" or "group:"`)
+			return bad(`unknown prefix; use "*", a login glob like "*@example.com", "user:", "tag:", "node:", "nodeid:" or "group:"`)
 		}
 	}
 	if !strings.Contains(s, "@") {
@@ -257,7 +272,13 @@ func (r rule) match(id *identity.Identity, groups []string) bool {
 	case ruleTag:
 		return id.Tagged && slices.Contains(id.Tags, r.arg)
 	case ruleNode:
-		return strings.EqualFold(id.NodeName, r.arg) || strings.EqualFold(id.HostName(), r.arg)
+		return strings.EqualFold(id.NodeName, r.arg)
+	case ruleHostName:
+		// A bare name is only unambiguous within this tailnet: a node
+		// shared in from another tailnet can carry any host name.
+		return !id.Sharee && strings.EqualFold(id.HostName(), r.arg)
+	case ruleNodeID:
+		return id.NodeID != "" && id.NodeID == r.arg
 	case ruleGroup:
 		return slices.Contains(groups, r.arg)
 	}

@@ -14,8 +14,15 @@ var defaults = Defaults{TTL: time.Hour, MaxTTL: 24 * time.Hour, Algorithm: "ES25
 var (
 	alice = &identity.Identity{Subject: "user:1", LoginName: "alice@example.com", NodeName: "laptop.tail1.ts.net"}
 	bob   = &identity.Identity{Subject: "user:2", LoginName: "bob@other.org", NodeName: "desk.tail1.ts.net"}
-	ci    = &identity.Identity{Subject: "node:nCI", NodeName: "build-1.tail1.ts.net", Tagged: true, Tags: []string{"tag:ci"},
+	ci    = &identity.Identity{Subject: "node:nCI", NodeID: "nCI", NodeName: "build-1.tail1.ts.net", Tagged: true, Tags: []string{"tag:ci"},
 		LoginName: "alice@example.com"} // test control reports the registering user for tagged nodes
+	// impostor is someone's laptop, shared in from another tailnet, whose
+	// owner named it like the build server.
+	impostor = &identity.Identity{Subject: "user:3", LoginName: "mallory@evil.example", NodeID: "nEVIL",
+		NodeName: "build-1.tail9.ts.net", Tailnet: "tail9.ts.net", Sharee: true}
+	// renamed is a laptop of this tailnet that took the build server's name
+	// after the build server was decommissioned.
+	renamed = &identity.Identity{Subject: "user:2", LoginName: "bob@other.org", NodeID: "nBOB", NodeName: "build-1.tail1.ts.net"}
 )
 
 func TestAllowRules(t *testing.T) {
@@ -41,6 +48,22 @@ func TestAllowRules(t *testing.T) {
 		{"node:build-1.tail1.ts.net", ci, nil, true},
 		{"node:build-1.tail1.ts.net.", ci, nil, true},
 		{"node:build", ci, nil, false},
+		{"node:BUILD-1.Tail1.TS.net", ci, nil, true},
+		{"node:build-1.tail2.ts.net", ci, nil, false},
+		{"node:build-1.tail1", ci, nil, false},
+		// A bare name matches only nodes of this tailnet: anyone can name
+		// a node build-1 in their own tailnet and share it in.
+		{"node:build-1", impostor, nil, false},
+		{"node:build-1.tail9.ts.net", impostor, nil, true}, // named in full: the operator chose that tailnet
+		// Node names are chosen by device owners: a bare or full name rule
+		// follows the name, a node ID or tag rule does not.
+		{"node:build-1", renamed, nil, true},
+		{"nodeid:nCI", ci, nil, true},
+		{"nodeid:nCI", renamed, nil, false},
+		{"nodeid:nci", ci, nil, false}, // stable IDs are case-sensitive
+		{"nodeid:nEVIL", impostor, nil, true},
+		{"nodeid:nCI", alice, nil, false}, // alice's identity has no node ID
+		{"tag:ci", renamed, nil, false},
 		{"group:eng", alice, []string{"eng"}, true},
 		{"group:eng", alice, []string{"ops"}, false},
 		{"group:eng", alice, nil, false},
@@ -82,6 +105,8 @@ func TestConfigErrors(t *testing.T) {
 		{AudienceConfig{Name: "api", Allow: []string{"alice"}}, `must contain "@"`},
 		{AudienceConfig{Name: "api", Allow: []string{"role:x"}}, "unknown prefix"},
 		{AudienceConfig{Name: "api", Allow: []string{"tag:"}}, "empty after"},
+		{AudienceConfig{Name: "api", Allow: []string{"node:."}}, "empty after"},
+		{AudienceConfig{Name: "api", Allow: []string{"nodeid:"}}, "empty after"},
 		{AudienceConfig{Name: "api", Allow: []string{"[@x"}}, "malformed glob"},
 		{AudienceConfig{Name: "api", Allow: []string{"*"}, TTL: time.Second}, "shorter than"},
 		{AudienceConfig{Name: "api", Allow: []string{"*"}, TTL: 2 * time.Hour, MaxTTL: time.Hour}, "longer than max_ttl"},
