@@ -22,21 +22,28 @@ import (
 )
 
 type config struct {
-	URL                string   `json:"url"`
-	StartTLS           bool     `json:"start_tls"`
-	CAFile             string   `json:"ca_file"`
-	ServerName         string   `json:"server_name"`
-	BindDN             string   `json:"bind_dn"`
-	BindPasswordFile   string   `json:"bind_password_file"`
-	UserBaseDN         string   `json:"user_base_dn"`
-	UserFilter         string   `json:"user_filter"`
-	GroupMode          string   `json:"group_mode"`
-	MemberOfAttribute  string   `json:"member_of_attribute"`
-	GroupBaseDN        string   `json:"group_base_dn"`
-	GroupFilter        string   `json:"group_filter"`
-	GroupNameAttribute string   `json:"group_name_attribute"`
-	Timeout            duration `json:"timeout"`
-	CacheTTL           duration `json:"cache_ttl"`
+	URL                   string   `json:"url"`
+	StartTLS              bool     `json:"start_tls"`
+	InsecurePlaintextBind bool     `json:"insecure_plaintext_bind"`
+	CAFile                string   `json:"ca_file"`
+	ServerName            string   `json:"server_name"`
+	BindDN                string   `json:"bind_dn"`
+	BindPasswordFile      string   `json:"bind_password_file"`
+	UserBaseDN            string   `json:"user_base_dn"`
+	UserFilter            string   `json:"user_filter"`
+	LoginDomains          []string `json:"login_domains"`
+	GroupMode             string   `json:"group_mode"`
+	MemberOfAttribute     string   `json:"member_of_attribute"`
+	GroupBaseDN           string   `json:"group_base_dn"`
+	GroupFilter           string   `json:"group_filter"`
+	GroupNameAttribute    string   `json:"group_name_attribute"`
+	Timeout               duration `json:"timeout"`
+	CacheTTL              duration `json:"cache_ttl"`
+
+	// groupBase is GroupBaseDN parsed; nil when not set.
+	groupBase *ldap.DN
+	// domains is LoginDomains, lower-cased; nil when not set.
+	domains map[string]bool
 }
 
 // duration reads "5s"-style JSON strings.
@@ -110,8 +117,64 @@ func parseConfig(raw json.RawMessage) (*config, error) {
 		return nil, errors.New("group_filter must use {dn}")
 	case c.BindPasswordFile != "" && c.BindDN == "":
 		return nil, errors.New("bind_password_file without bind_dn")
+	case c.BindPasswordFile != "" && u.Scheme == "ldap" && !c.StartTLS && !c.InsecurePlaintextBind:
+		return nil, fmt.Errorf("url %q without start_tls would send the bind password in cleartext; use ldaps://, start_tls: true, or (on a trusted network only) insecure_plaintext_bind: true", c.URL)
+	case strings.Contains(c.UserFilter, "{localpart}") && len(c.LoginDomains) == 0:
+		// alice@example.com and alice@evil.example have the same local
+		// part: without a list of the domains whose people the directory
+		// holds, anyone could claim a directory user's groups.
+		return nil, errors.New("user_filter uses {localpart}: login_domains is required, listing the login domains whose local parts are directory users")
+	}
+	// Parse every DN now: go-ldap returns an empty DN, an ancestor of
+	// every DN, for one it cannot parse, which would silently turn
+	// group_base_dn's scoping off.
+	if err := checkDN("user_base_dn", c.UserBaseDN); err != nil {
+		return nil, err
+	}
+	if c.BindDN != "" {
+		if err := checkDN("bind_dn", c.BindDN); err != nil {
+			return nil, err
+		}
+	}
+	if c.GroupBaseDN != "" {
+		if err := checkDN("group_base_dn", c.GroupBaseDN); err != nil {
+			return nil, err
+		}
+		c.groupBase, _ = ldap.ParseDN(c.GroupBaseDN)
+	}
+	if len(c.LoginDomains) > 0 {
+		c.domains = make(map[string]bool, len(c.LoginDomains))
+		for _, d := range c.LoginDomains {
+			if d == "" || strings.ContainsAny(d, "@*? \t") {
+				return nil, fmt.Errorf("login_domains: %q is not a domain (want e.g. \"example.com\")", d)
+			}
+			c.domains[strings.ToLower(d)] = true
+		}
 	}
 	return c, nil
+}
+
+// checkDN reports whether s, the value of the setting named key, is a
+// well-formed, non-empty DN.
+func checkDN(key, s string) error {
+	dn, err := ldap.ParseDN(s)
+	if err != nil {
+		return fmt.Errorf("%s %q is not a DN: %w", key, s, err)
+	}
+	if len(dn.RDNs) == 0 {
+		return fmt.Errorf("%s %q is an empty DN", key, s)
+	}
+	return nil
+}
+
+// inDomains reports whether login's domain is one of login_domains, or
+// whether login_domains is not set.
+func (c *config) inDomains(login string) bool {
+	if c.domains == nil {
+		return true
+	}
+	_, domain, ok := strings.Cut(login, "@")
+	return ok && c.domains[strings.ToLower(domain)]
 }
 
 type ldapPlugin struct {
@@ -175,15 +238,19 @@ func (p *ldapPlugin) connection(ctx context.Context) (*ldap.Conn, error) {
 		return p.conn, nil
 	}
 	timeout := time.Duration(p.cfg.Timeout)
+	dialTimeout := timeout
 	if dl, ok := ctx.Deadline(); ok {
-		timeout = min(timeout, time.Until(dl))
+		dialTimeout = min(timeout, time.Until(dl))
 	}
 	conn, err := ldap.DialURL(p.cfg.URL,
-		ldap.DialWithDialer(&net.Dialer{Timeout: timeout}),
+		ldap.DialWithDialer(&net.Dialer{Timeout: dialTimeout}),
 		ldap.DialWithTLSConfig(p.tls))
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", p.cfg.URL, err)
 	}
+	// The connection is shared by later requests, whose own contexts
+	// bound their searches: the remaining time of this one must not
+	// become everyone's limit.
 	conn.SetTimeout(timeout)
 	if p.cfg.StartTLS {
 		if err := conn.StartTLS(p.tls); err != nil {
@@ -215,6 +282,11 @@ func (p *ldapPlugin) Enrich(ctx context.Context, req *sdk.Request) (*sdk.Respons
 	id := req.Identity
 	res := &sdk.Response{CacheTTL: time.Duration(p.cfg.CacheTTL)}
 	if id.Tagged || id.LoginName == "" {
+		return res, nil
+	}
+	if !p.cfg.inDomains(id.LoginName) {
+		// The directory does not know people of other domains: no
+		// groups, as for anyone else not in it.
 		return res, nil
 	}
 	var groups []string
@@ -268,10 +340,7 @@ func (p *ldapPlugin) lookup(ctx context.Context, conn *ldap.Conn, login string) 
 
 	var names []string
 	if p.cfg.GroupMode == modeMemberOf {
-		var base *ldap.DN
-		if p.cfg.GroupBaseDN != "" {
-			base, _ = ldap.ParseDN(p.cfg.GroupBaseDN)
-		}
+		base := p.cfg.groupBase
 		for _, g := range user.GetEqualFoldAttributeValues(p.cfg.MemberOfAttribute) {
 			dn, err := ldap.ParseDN(g)
 			if err != nil || len(dn.RDNs) == 0 || len(dn.RDNs[0].Attributes) == 0 {
