@@ -24,10 +24,16 @@ const FormatVersion = 1
 // Each key's public JWK is stored apart from its private half, so that a
 // store can seal the private half ("sealed_private") while readers can
 // still see which keys exist.
+//
+// A sealed document also carries "auth": a tag under the sealing key over
+// the whole document (without "auth"), so that someone who can write to
+// the store but does not hold the key-encryption key can neither plant a
+// key nor change a key's state or dates.
 type setDoc struct {
 	Format  int      `json:"format"`
 	Version int64    `json:"version"`
 	Keys    []keyDoc `json:"keys"`
+	Auth    []byte   `json:"auth,omitempty"`
 }
 
 type keyDoc struct {
@@ -66,8 +72,9 @@ func MarshalSealedSet(s *Set, sl Sealer) ([]byte, error) {
 func UnmarshalSet(data []byte) (*Set, error) { return unmarshalSet(data, nil, "") }
 
 // UnmarshalSealedSet decodes a document written by MarshalSealedSet, opening
-// private keys with sl. Cleartext private keys are accepted too, so a store
-// can start sealing an existing set.
+// private keys with sl. It refuses a document whose authentication tag does
+// not verify under sl, and any cleartext private key: a store that seals
+// must not take keys from someone who merely can write to it.
 func UnmarshalSealedSet(data []byte, sl Sealer) (*Set, error) {
 	if sl == nil {
 		return nil, errors.New("keys: UnmarshalSealedSet needs a Sealer")
@@ -78,6 +85,19 @@ func UnmarshalSealedSet(data []byte, sl Sealer) (*Set, error) {
 // sealAD is the additional data that binds a sealed private key to its
 // entry: the format and the kid.
 func sealAD(kid string) []byte { return []byte("tsidp keys v1 private " + kid) }
+
+// docAD is the additional data whose tag authenticates a whole sealed
+// document: its compact JSON encoding without "auth". The document's
+// values are re-encoded on reading, so formatting does not matter.
+func docAD(doc *setDoc) ([]byte, error) {
+	d := *doc
+	d.Auth = nil
+	b, err := json.Marshal(d)
+	if err != nil {
+		return nil, err
+	}
+	return append([]byte("tsidp keys v1 document\n"), b...), nil
+}
 
 func marshalSet(s *Set, sl Sealer) ([]byte, error) {
 	// Never write what could not be read back: a store holding such a
@@ -94,6 +114,15 @@ func marshalSet(s *Set, sl Sealer) ([]byte, error) {
 			return nil, err
 		}
 		doc.Keys = append(doc.Keys, d)
+	}
+	if sl != nil {
+		ad, err := docAD(&doc)
+		if err != nil {
+			return nil, fmt.Errorf("keys: encoding key set: %w", err)
+		}
+		if doc.Auth, err = sl.Seal(nil, ad); err != nil {
+			return nil, fmt.Errorf("keys: authenticating key set: %w", err)
+		}
 	}
 	b, err := json.MarshalIndent(doc, "", "  ")
 	if err != nil {
@@ -185,6 +214,20 @@ func unmarshalSet(data []byte, sl Sealer, where string) (*Set, error) {
 	if doc.Version < 0 {
 		return nil, corrupt("negative version %d", doc.Version)
 	}
+	switch {
+	case sl == nil && doc.Auth != nil:
+		return nil, fmt.Errorf("keys: %sthe key set is sealed; reading it needs the sealing key", prefixWhere(where))
+	case sl != nil && doc.Auth == nil:
+		return nil, corrupt("the document is not authenticated under the sealing key (was it written by hand or without one?); refusing its keys")
+	case sl != nil:
+		ad, err := docAD(&doc)
+		if err != nil {
+			return nil, corrupt("%w", err)
+		}
+		if _, err := sl.Open(doc.Auth, ad); err != nil {
+			return nil, corrupt("the document's authentication does not verify: wrong sealing key, or the document was changed outside tsidp")
+		}
+	}
 	set := &Set{Version: doc.Version, Keys: make([]*Key, 0, len(doc.Keys))}
 	for i, d := range doc.Keys {
 		k, err := decodeKey(d, sl)
@@ -237,6 +280,8 @@ func decodeKey(d keyDoc, sl Sealer) (*Key, error) {
 	switch {
 	case len(d.Private) > 0 && d.Sealed != nil:
 		return nil, errors.New("both a cleartext and a sealed private key")
+	case len(d.Private) > 0 && sl != nil:
+		return nil, errors.New("cleartext private key in a sealed store")
 	case d.Sealed != nil:
 		if sl == nil {
 			return nil, errNeedSealer

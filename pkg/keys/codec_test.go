@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -118,13 +119,107 @@ func TestCodecSealed(t *testing.T) {
 	if _, err := UnmarshalSealedSet(swapped, sl); err == nil {
 		t.Error("swapped sealed private keys were accepted")
 	}
-	// A sealer also reads cleartext documents, for migration.
+	// A sealing store refuses cleartext documents: anyone who can write
+	// to etcd could plant one.
 	clear, _ := MarshalSet(s)
-	if _, err := UnmarshalSealedSet(clear, sl); err != nil {
-		t.Errorf("UnmarshalSealedSet of a cleartext document: %v", err)
+	if _, err := UnmarshalSealedSet(clear, sl); !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "not authenticated") {
+		t.Errorf("UnmarshalSealedSet of a cleartext document: %v; want it refused", err)
 	}
 	if _, err := NewAESGCMSealer(make([]byte, 16)); err == nil {
 		t.Error("NewAESGCMSealer accepted a 16-byte key")
+	}
+}
+
+// TestCodecSealedIsAuthenticated shows that someone who can write to a
+// sealing store but does not hold the sealing key can change nothing in a
+// key set: not plant a key, not bring a revoked key back, not change a
+// key's state or dates.
+func TestCodecSealedIsAuthenticated(t *testing.T) {
+	s, _ := fullSet(t)
+	key := make([]byte, 32)
+	rand.Read(key)
+	sl, _ := NewAESGCMSealer(key)
+	data, err := MarshalSealedSet(s, sl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	decode := func() setDoc {
+		var doc setDoc
+		if err := json.Unmarshal(data, &doc); err != nil {
+			t.Fatal(err)
+		}
+		return doc
+	}
+	find := func(doc *setDoc, st State) *keyDoc {
+		for i := range doc.Keys {
+			if doc.Keys[i].State == st {
+				return &doc.Keys[i]
+			}
+		}
+		t.Fatalf("no %s key", st)
+		return nil
+	}
+	// The attacker's own key set, written without the sealing key.
+	mallory := ensured(t, testPolicy())
+	planted, _ := MarshalSet(mallory)
+	var plantedDoc setDoc
+	json.Unmarshal(planted, &plantedDoc)
+
+	tests := []struct {
+		name string
+		edit func(doc *setDoc)
+	}{
+		{"version", func(doc *setDoc) { doc.Version++ }},
+		{"revoked key back to retired", func(doc *setDoc) {
+			k := find(doc, StateRevoked)
+			k.State, k.RemoveAt = StateRetired, t0.Add(1000*time.Hour)
+		}},
+		{"retired key kept longer", func(doc *setDoc) {
+			k := find(doc, StateRetired)
+			k.RemoveAt = k.RemoveAt.Add(24 * time.Hour)
+		}},
+		{"next key activated early", func(doc *setDoc) {
+			k := find(doc, StateNext)
+			k.SignsFrom = k.Published
+		}},
+		{"key removed", func(doc *setDoc) {
+			k := find(doc, StateRetired)
+			doc.Keys = slices.DeleteFunc(doc.Keys, func(d keyDoc) bool { return d.ID == k.ID })
+		}},
+		{"revoked key's sealed private key put back", func(doc *setDoc) {
+			find(doc, StateRevoked).Sealed = find(doc, StateNext).Sealed
+		}},
+		{"cleartext key planted", func(doc *setDoc) {
+			doc.Keys = append(doc.Keys, plantedDoc.Keys[0])
+		}},
+		{"authentication dropped", func(doc *setDoc) { doc.Auth = nil }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			doc := decode()
+			tt.edit(&doc)
+			edited, _ := json.Marshal(doc)
+			_, err := UnmarshalSealedSet(edited, sl)
+			if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "authenticat") {
+				t.Errorf("UnmarshalSealedSet of an edited document: %v; want an authentication error", err)
+			}
+		})
+	}
+	// Even a document authenticated under the sealing key may not carry
+	// a cleartext private key.
+	doc := decode()
+	doc.Keys = append(doc.Keys, plantedDoc.Keys[0])
+	ad, _ := docAD(&doc)
+	doc.Auth, _ = sl.Seal(nil, ad)
+	withClear, _ := json.Marshal(doc)
+	if _, err := UnmarshalSealedSet(withClear, sl); err == nil || !strings.Contains(err.Error(), "cleartext private key") {
+		t.Errorf("authenticated document with a cleartext key: %v", err)
+	}
+	// Formatting does not matter: the compact form reads back.
+	compact := decode()
+	again, _ := json.Marshal(compact)
+	if _, err := UnmarshalSealedSet(again, sl); err != nil {
+		t.Errorf("re-formatted document: %v", err)
 	}
 }
 

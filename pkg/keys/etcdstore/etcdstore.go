@@ -4,8 +4,10 @@
 // The whole set is one etcd key, <prefix>keyset, holding the document
 // keys.MarshalSealedSet writes: public keys and lifecycle dates readable,
 // every private key sealed with AES-256-GCM under a key-encryption key
-// (KEK) that never leaves the replicas (see LoadKEK). etcd, its backups and
-// its snapshots therefore never hold a private key in the clear.
+// (KEK) that never leaves the replicas (see LoadKEK), and the whole document
+// authenticated under the KEK. etcd, its backups and its snapshots therefore
+// never hold a private key in the clear, and a writer without the KEK cannot
+// plant or alter a key.
 //
 // Writes are compare-and-swap: Save reads the stored document's version
 // and commits with a transaction conditioned on the key's ModRevision, so

@@ -58,7 +58,7 @@ func fullSet(t testing.TB) *keys.Set {
 
 // TestSealedAtRest reads the raw etcd value: no private JWK member, every
 // private key sealed; the wrong KEK cannot open it; sealed keys cannot be
-// moved between entries.
+// moved between entries; a cleartext key set planted in etcd is refused.
 func TestSealedAtRest(t *testing.T) {
 	c := etcdtest.Start(t, 1)
 	ctx := testCtx(t)
@@ -151,6 +151,19 @@ func TestSealedAtRest(t *testing.T) {
 	}
 	if _, err := st.Load(ctx); err == nil || !errors.Is(err, keys.ErrCorrupt) {
 		t.Errorf("Load of swapped sealed keys: %v; want a corrupt-set error", err)
+	}
+
+	// Someone who can write to etcd but has no KEK cannot plant a key set
+	// of their own: replicas refuse it rather than publish and sign with it.
+	planted, err := keys.MarshalSet(fullSet(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Client().Put(ctx, "/sealed/keyset", string(planted)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Load(ctx); !errors.Is(err, keys.ErrCorrupt) || !strings.Contains(err.Error(), "not authenticated") {
+		t.Errorf("Load of a planted cleartext key set: %v; want it refused", err)
 	}
 }
 
