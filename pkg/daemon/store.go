@@ -182,8 +182,9 @@ func (s *storeState) record(err error) {
 }
 
 // check is the "store" readiness check and the admin API's store health:
-// an error while the store is unreachable or went back to an older key
-// set. Either way tokens are still issued with the keys in memory, so
+// an error while the store is unreachable, went back to an older key set,
+// or holds one this process refuses. Either way tokens are still issued
+// with the keys in memory, so
 // /readyz reports it as degraded, not as not ready.
 func (s *storeState) check(context.Context) error {
 	if !s.healthy.Load() {
@@ -194,6 +195,9 @@ func (s *storeState) check(context.Context) error {
 		return fmt.Errorf("key store unreachable for %v (signing with key set version %d, rotation paused): %v", down, s.keys.Version(), err)
 	}
 	if err := s.keys.Regression(); err != nil {
+		return err
+	}
+	if err := s.keys.Refusal(); err != nil {
 		return err
 	}
 	return nil
@@ -247,6 +251,9 @@ func publishStoreMetrics(s *storeState) {
 		m.Set("gauge_key_set_version", get(func(s *storeState) int64 { return s.keys.Version() }))
 		// 1 while the store holds an older key set than the one in use.
 		m.Set("gauge_regressed", get(func(s *storeState) int64 { return b2i(s.keys.Regression() != nil) }))
+		// 1 while the store holds a key set this process refuses to use
+		// (undecodable, not authenticated under the KEK, or incomplete).
+		m.Set("gauge_refused", get(func(s *storeState) int64 { return b2i(s.keys.Refusal() != nil) }))
 		expvarPublish("tsidp_store", m)
 	})
 }

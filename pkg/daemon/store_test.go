@@ -222,6 +222,32 @@ func TestStoreStateEtcd(t *testing.T) {
 	if m.Version() != v || !strings.Contains(metrics(), "tsidp_store_regressed 1\n") {
 		t.Errorf("after the key was deleted: version %d (was %d), metrics:\n%s", m.Version(), v, metrics())
 	}
+
+	// Someone who can write to etcd but has no KEK plants a key set of
+	// their own, with a higher version: the daemon neither publishes nor
+	// signs with it, and the store check says so.
+	planted := &keys.Set{Version: v + 10}
+	if err := planted.Ensure(time.Now(), p); err != nil {
+		t.Fatal(err)
+	}
+	doc, err := keys.MarshalSet(planted)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.(*etcdstore.Store).Client().Put(ctx, st.(*etcdstore.Store).Key(), string(doc)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor("the planted key set to be refused", 10*time.Second, func() bool {
+		err := ss.check(ctx)
+		return err != nil && strings.Contains(err.Error(), "refusing the stored key set") && strings.Contains(err.Error(), "not authenticated")
+	})
+	jwks, _ := m.JWKS()
+	if plantedKid := planted.Active(keys.ES256).ID; m.Version() != v || strings.Contains(string(jwks), plantedKid) {
+		t.Errorf("the planted key set was adopted: version %d (was %d), JWKS %s", m.Version(), v, jwks)
+	}
+	if !strings.Contains(metrics(), "tsidp_store_refused 1\n") {
+		t.Errorf("metrics do not report the refused key set:\n%s", metrics())
+	}
 }
 
 func httpsClient(tc *tls.Config) *http.Client {

@@ -41,23 +41,41 @@ type Manager struct {
 	// regressed is the *RegressionError last seen while the store holds an
 	// older key set than cur, nil otherwise.
 	regressed atomic.Pointer[RegressionError]
+	// refused is why Reload last refused the stored set (undecodable, not
+	// authenticated, or lacking a key this process needs), nil once it
+	// adopts one.
+	refused atomic.Pointer[error]
 	// poke wakes Run for maintenance (see Poke).
 	poke chan struct{}
 }
 
-// RegressionError reports that the store holds an older key set than the
-// one a Manager uses: a lower version, or none at all. That happens when
-// the store was deleted, replaced or restored from an old backup while
-// tsidp ran. Writing over it would start a new history and drop keys that
-// signed tokens still in circulation, so the Manager refuses to write and
-// keeps signing and publishing the keys it has.
+// RegressionError reports that the store holds a key set that is not a
+// successor of the one a Manager uses: a lower version, none at all, or one
+// that lacks a key the Manager still publishes (one that may have signed
+// unexpired tokens, or that verifiers were told is coming). That happens when
+// the store was deleted, replaced or restored from an old backup while tsidp
+// ran, and perhaps written to since (a new history can reach the same
+// version). Adopting or writing over it would drop keys that signed tokens
+// still in circulation, so the Manager refuses to and keeps signing and
+// publishing the keys it has.
 type RegressionError struct {
 	Stored     int64 // version in the store (0: empty)
 	StoredKeys int
 	InUse      int64 // version the Manager uses
+
+	// Lost is set when the stored set is not older but lacks a key the
+	// Manager publishes: that key's kid, algorithm and state.
+	Lost          string
+	LostAlgorithm Algorithm
+	LostState     State
 }
 
 func (e *RegressionError) Error() string {
+	if e.Lost != "" {
+		return fmt.Sprintf("keys: the key store holds key set version %d, which lacks the %s %s key %s that this tsidp (version %d) still publishes: the store was replaced or restored from an older copy, and written since, while tsidp ran. "+
+			"Refusing to adopt or write over it (that would drop a key that may have signed unexpired tokens); keeping the current keys (version %d) for signing and the JWKS. "+
+			"Restore the newer key set, or restart tsidp to adopt the stored one", e.Stored, e.LostState, e.LostAlgorithm, e.Lost, e.InUse, e.InUse)
+	}
 	what := fmt.Sprintf("holds key set version %d (%d keys)", e.Stored, e.StoredKeys)
 	if e.Stored == 0 && e.StoredKeys == 0 {
 		what = "is empty"
@@ -253,16 +271,44 @@ func (m *Manager) update(ctx context.Context, fn func(s *Set, now time.Time) err
 }
 
 // checkRegression returns a *RegressionError, and logs it, if the stored
-// set s is older than the one in use. Call with m.mu held.
+// set s is not a successor of the one in use: older, or lacking a key the
+// one in use publishes. Call with m.mu held.
 func (m *Manager) checkRegression(s *Set) error {
 	c := m.cur.Load()
-	if c == nil || s.Version >= c.set.Version {
+	if c == nil {
 		return nil
 	}
-	e := &RegressionError{Stored: s.Version, StoredKeys: len(s.Keys), InUse: c.set.Version}
+	var e *RegressionError
+	if s.Version < c.set.Version {
+		e = &RegressionError{Stored: s.Version, StoredKeys: len(s.Keys), InUse: c.set.Version}
+	} else if k := m.lostKey(c.set, s); k != nil {
+		e = &RegressionError{Stored: s.Version, StoredKeys: len(s.Keys), InUse: c.set.Version,
+			Lost: k.ID, LostAlgorithm: k.Algorithm, LostState: k.State}
+	} else {
+		return nil
+	}
 	m.regressed.Store(e)
 	m.logf("keys: ALERT: %s", unprefixed(e))
 	return e
+}
+
+// lostKey returns a key of cur that next lacks although no successor of cur
+// may drop it, or nil. A successor keeps every key, except that it may prune
+// a retired key once its recorded RemoveAt has passed (allowing for clock
+// skew between the writer and this process; writers never prune earlier,
+// whatever their configuration) and drop revoked tombstones. A revoked key
+// stays as a tombstone, so revocation never looks like a loss.
+func (m *Manager) lostKey(cur, next *Set) *Key {
+	now := m.now().UTC()
+	for _, k := range cur.Keys {
+		switch {
+		case k.State == StateRevoked, next.Key(k.ID) != nil:
+		case k.State == StateRetired && !now.Add(m.p.ClockSkew).Before(k.RemoveAt):
+		default:
+			return k
+		}
+	}
+	return nil
 }
 
 // Regression returns the *RegressionError seen last if the store is known
@@ -285,6 +331,11 @@ func (m *Manager) Reload(ctx context.Context) error {
 	defer m.mu.Unlock()
 	set, err := m.st.Load(ctx)
 	if err != nil {
+		if errors.Is(err, ErrCorrupt) {
+			// What the store holds now is unreadable, no longer older.
+			m.regressed.Store(nil)
+			m.refuse(err)
+		}
 		return err
 	}
 	if err := m.checkRegression(set); err != nil {
@@ -292,14 +343,38 @@ func (m *Manager) Reload(ctx context.Context) error {
 	}
 	m.regressed.Store(nil)
 	if c := m.cur.Load(); c != nil && c.set.sameAs(set) {
+		m.refused.Store(nil)
 		return nil
 	}
 	for _, alg := range m.p.Algorithms {
 		if set.Active(alg) == nil {
-			return fmt.Errorf("keys: stored key set (version %d) has no active %s key; keeping the current keys", set.Version, alg)
+			err := fmt.Errorf("keys: stored key set (version %d) has no active %s key; keeping the current keys", set.Version, alg)
+			m.refuse(err)
+			return err
 		}
 	}
-	return m.install(set)
+	if err := m.install(set); err != nil {
+		return err
+	}
+	m.refused.Store(nil)
+	return nil
+}
+
+func (m *Manager) refuse(err error) {
+	err = fmt.Errorf("keys: refusing the stored key set, still signing with version %d: %s", m.Version(), unprefixed(err))
+	m.refused.Store(&err)
+}
+
+// Refusal returns why the last Reload refused the stored key set (it could
+// not be decoded or authenticated, or lacks an active key for a configured
+// algorithm), or nil once a stored set was adopted. Like Regression, it
+// means the process serves with the keys it has while the store holds
+// something it will not use.
+func (m *Manager) Refusal() error {
+	if e := m.refused.Load(); e != nil {
+		return *e
+	}
+	return nil
 }
 
 // install compiles set and makes it current. Call with m.mu held.

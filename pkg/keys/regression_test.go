@@ -43,6 +43,17 @@ func TestManagerRefusesRegressedStore(t *testing.T) {
 	}{
 		{"deleted", func() { os.Remove(tm.st.Path()) }, "the key store is empty"},
 		{"older copy", func() { os.WriteFile(tm.st.Path(), old, 0o600) }, "holds key set version 1"},
+		// An older copy, then written to (say by `tsidp keys rotate` on a
+		// host without a daemon) until it reaches the version in use: a
+		// new history without the keys in use.
+		{"older copy written since", func() {
+			os.WriteFile(tm.st.Path(), old, 0o600)
+			for range 2 {
+				if _, err := Update(ctx, tm.st, func(s *Set) error { return s.Rotate(tm.clk.Now(), p, ES256, true) }); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}, "holds key set version 3, which lacks the"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.corrupt()
@@ -112,6 +123,59 @@ func TestManagerRefusesRegressedStore(t *testing.T) {
 	}
 }
 
+// TestManagerAdoptsOtherWritersChanges: the check that refuses a foreign
+// history does not refuse what other writers legitimately do: revoke a
+// key (it stays as a tombstone) and prune a retired key once its recorded
+// RemoveAt has passed, even by a writer whose clock runs a little ahead.
+func TestManagerAdoptsOtherWritersChanges(t *testing.T) {
+	p := testPolicy(ES256)
+	p.RotationPeriod, p.JWKSMaxAge, p.ClockSkew, p.MaxTokenTTL = 2*time.Hour, time.Hour, time.Minute, 3*time.Hour
+	tm := newTestManager(t, p)
+	ctx := testCtx(t)
+	if err := tm.Rotate(ctx, nil, true); err != nil {
+		t.Fatal(err)
+	}
+	var retired *Key
+	for _, k := range tm.cur.Load().set.Keys {
+		if k.State == StateRetired {
+			retired = k
+		}
+	}
+	if retired == nil {
+		t.Fatal("no retired key after a rotation")
+	}
+	other := func(f func(s *Set) error) {
+		t.Helper()
+		if _, err := Update(ctx, tm.st, f); err != nil {
+			t.Fatal(err)
+		}
+		if err := tm.Reload(ctx); err != nil {
+			t.Fatalf("Reload after another writer's change: %v", err)
+		}
+		if tm.Regression() != nil {
+			t.Fatalf("Regression() = %v", tm.Regression())
+		}
+	}
+	// Another writer revokes the next key.
+	next := tm.cur.Load().set.Next(ES256).ID
+	other(func(s *Set) error { return s.Revoke(tm.clk.Now(), p, next) })
+	if k := tm.cur.Load().set.Key(next); k == nil || k.State != StateRevoked {
+		t.Fatalf("the other writer's revocation was not adopted: %+v", k)
+	}
+	// Another writer, its clock 30 s ahead, prunes the retired key just
+	// before this process's clock reaches its RemoveAt.
+	tm.clk.Advance(retired.RemoveAt.Sub(tm.clk.Now()) - 30*time.Second)
+	other(func(s *Set) error {
+		if n := s.Prune(retired.RemoveAt, p); n != 1 {
+			t.Fatalf("pruned %d keys, want 1", n)
+		}
+		return nil
+	})
+	if tm.cur.Load().set.Key(retired.ID) != nil {
+		t.Error("the other writer's prune was not adopted")
+	}
+}
+
 // TestManagerRunWakesWhenDue: Run rotates when rotation is due, not at its
 // next tick (here an hour away), and a Poke makes a new leader do overdue
 // work at once.
@@ -158,4 +222,33 @@ func TestManagerRunWakesWhenDue(t *testing.T) {
 	m.Poke()
 	waitFor(t, "rotation after Poke", func() bool { return m.Status(time.Now()).Algorithms[0].Active != second.Active })
 	t.Logf("rotated %v after Poke", time.Since(start))
+}
+
+// TestManagerRefusal: a stored key set the Manager cannot use (here a
+// damaged file) is reported by Refusal while the current keys go on
+// signing, and the report clears once a usable set is back.
+func TestManagerRefusal(t *testing.T) {
+	tm := newTestManager(t, testPolicy(ES256))
+	ctx := testCtx(t)
+	good, err := os.ReadFile(tm.st.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(tm.st.Path(), good[:len(good)/2], 0o600)
+	if err := tm.Reload(ctx); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("Reload of a damaged file = %v", err)
+	}
+	if err := tm.Refusal(); err == nil || !strings.Contains(err.Error(), "refusing the stored key set, still signing with version 1") {
+		t.Errorf("Refusal() = %v", err)
+	}
+	if _, _, err := tm.Sign(nil, ES256, testPayload); err != nil {
+		t.Errorf("Sign while the stored set is refused: %v", err)
+	}
+	os.WriteFile(tm.st.Path(), good, 0o600)
+	if err := tm.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := tm.Refusal(); err != nil {
+		t.Errorf("Refusal() = %v after the set was repaired", err)
+	}
 }
