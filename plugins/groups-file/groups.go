@@ -19,6 +19,14 @@ import (
 //
 // JSON works too ({"groups": {"eng": ["*@example.com"]}}): YAML is a
 // superset of it.
+//
+// Members are login globs ("*@example.com", case-insensitive), people
+// ("user:alice@example.com"), tags ("tag:ci") and nodes. "node:bastion"
+// matches a node whose host name (the first label of its MagicDNS name) is
+// bastion; a name with a dot, "node:bastion.example.ts.net", only that full
+// MagicDNS name. Nodes shared in from other tailnets never match tag: or
+// node: members — their names and tags are another tailnet's — but their
+// people match login globs and user: members, since logins are global.
 type File struct {
 	Groups map[string][]string `yaml:"groups"`
 }
@@ -29,22 +37,33 @@ type Caller struct {
 	NodeName string // MagicDNS name, e.g. "laptop.example.ts.net"
 	Tags     []string
 	Tagged   bool
+	// Sharee reports a node shared in from another tailnet. Its name and
+	// tags are that tailnet's, so node: and tag: selectors never match it;
+	// its login is global and still matches login selectors.
+	Sharee bool
 }
 
 // selector is one compiled member entry.
 type selector struct {
 	kind  string // "glob", "user", "tag" or "node"
-	value string // lower-cased, except tags
+	value string // lower-cased, except tags; node names without a trailing dot
 }
 
 func (s selector) match(c *Caller) bool {
 	switch s.kind {
 	case "tag":
-		return c.Tagged && slices.Contains(c.Tags, s.value)
+		return c.Tagged && !c.Sharee && slices.Contains(c.Tags, s.value)
 	case "node":
-		name := strings.ToLower(c.NodeName)
+		if c.Sharee {
+			return false
+		}
+		name := strings.ToLower(strings.TrimSuffix(c.NodeName, "."))
+		if strings.Contains(s.value, ".") {
+			// A dotted name is a full MagicDNS name.
+			return s.value == name
+		}
 		host, _, _ := strings.Cut(name, ".")
-		return s.value == name || s.value == host
+		return s.value == host
 	case "user":
 		return !c.Tagged && c.Login != "" && strings.EqualFold(c.Login, s.value)
 	default: // login glob; tagged devices have no login to match

@@ -40,6 +40,16 @@ func TestGroups(t *testing.T) {
 		{"tagged by tag", Caller{Tagged: true, NodeName: "runner.example.ts.net", Tags: []string{"tag:ci", "tag:builder"}}, "builders,eng"},
 		{"tagged devices match no login glob", Caller{Tagged: true, NodeName: "x.example.ts.net"}, ""},
 		{"people match no tag", Caller{Login: "carol@elsewhere.example", Tags: []string{"tag:ci"}}, ""},
+		{"full name with a trailing dot", Caller{Tagged: true, NodeName: "build-1.example.ts.net.", Tags: []string{"tag:x"}}, "builders"},
+		{"full name in another tailnet", Caller{Tagged: true, NodeName: "build-1.other.ts.net", Tags: []string{"tag:x"}}, ""},
+		{"full name is not a prefix", Caller{Tagged: true, NodeName: "build-1.example.ts.net.evil", Tags: []string{"tag:x"}}, ""},
+		{"host name is not a full name", Caller{Tagged: true, NodeName: "build-1", Tags: []string{"tag:x"}}, ""},
+		// Nodes shared in from another tailnet: names and tags are that
+		// tailnet's, logins are global.
+		{"sharee node by host name", Caller{Login: "eve@evil.example", NodeName: "bastion.other.ts.net", Sharee: true}, ""},
+		{"sharee node by full name", Caller{Tagged: true, NodeName: "build-1.example.ts.net", Tags: []string{"tag:x"}, Sharee: true}, ""},
+		{"sharee by tag", Caller{Tagged: true, NodeName: "runner.other.ts.net", Tags: []string{"tag:ci", "tag:builder"}, Sharee: true}, ""},
+		{"sharee person by login", Caller{Login: "alice@example.com", NodeName: "bastion.other.ts.net", Sharee: true}, "admins,eng"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -113,6 +123,11 @@ func TestReload(t *testing.T) {
 	}
 	if got := groupsOf(t, p, sdktest.Tagged("runner", "tag:ci")); got != `["eng"]` {
 		t.Errorf("tagged groups = %s", got)
+	}
+	shared := sdktest.Tagged("runner", "tag:ci")
+	shared.Sharee = true
+	if got := groupsOf(t, p, shared); got != "" {
+		t.Errorf("shared-in tagged node: groups = %s, want none", got)
 	}
 
 	writeAtomic(t, file, `groups: {ops: ["alice@example.com"]}`)

@@ -1,8 +1,11 @@
 // Command groups-file is a tsidp claims plugin that sets the "groups" claim
 // from a YAML or JSON file mapping groups to login globs ("*@example.com"),
 // people ("user:alice@example.com"), tags ("tag:ci") and nodes
-// ("node:build-1"). It reloads the file when it changes; a file that no
-// longer parses is logged and the previous version kept.
+// ("node:build-1" by host name, "node:build-1.example.ts.net" by full
+// MagicDNS name). Nodes shared in from other tailnets never match tag: or
+// node: members; their people match login members. It reloads the file
+// when it changes; a file that no longer parses is logged and the previous
+// version kept.
 //
 // Plugin configuration:
 //
@@ -158,7 +161,7 @@ func (p *groupsPlugin) watch(events <-chan fsnotify.Event) {
 
 func (p *groupsPlugin) Enrich(_ context.Context, req *sdk.Request) (*sdk.Response, error) {
 	id := req.Identity
-	groups := p.table.Load().Groups(&Caller{Login: id.LoginName, NodeName: id.NodeName, Tags: id.Tags, Tagged: id.Tagged})
+	groups := p.table.Load().Groups(&Caller{Login: id.LoginName, NodeName: id.NodeName, Tags: id.Tags, Tagged: id.Tagged, Sharee: id.Sharee})
 	res := &sdk.Response{CacheTTL: time.Duration(p.cfg.CacheTTL)}
 	if len(groups) > 0 {
 		res.Claims = map[string]any{"groups": groups}
