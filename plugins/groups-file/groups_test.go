@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -145,6 +146,64 @@ func TestReload(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, "the rewritten file to load", func() bool { return groupsOf(t, p, alice) == "" })
+}
+
+// TestReloadWaitsForWriter rewrites the file in place in two steps, with a
+// pause longer than the event debounce and the poll interval in between.
+// The half-written file parses and would put everyone whose login starts
+// with "dev" in eng; no caller may ever see that table.
+func TestReloadWaitsForWriter(t *testing.T) {
+	const (
+		first  = "groups:\n  eng:\n    - dev*"
+		second = "@example.com\n  done: [\"*@example.com\"]\n"
+	)
+	devil, dev := sdktest.Person("devil@evil.example"), sdktest.Person("dev@example.com")
+	half, err := Parse([]byte(first))
+	if err != nil || len(half.Groups(&Caller{Login: devil.LoginName})) == 0 {
+		t.Fatalf("the half-written file should parse and widen eng: %v", err)
+	}
+
+	file := filepath.Join(t.TempDir(), "groups.yaml")
+	writeAtomic(t, file, "groups:\n  eng:\n    - ops@example.com\n")
+	p := sdktest.Start(t, &groupsPlugin{}, map[string]any{"file": file, "poll_interval": "20ms"})
+
+	var widened atomic.Bool
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			res, err := p.Enrich(context.Background(), sdktest.Request(devil, "aud"))
+			if err == nil && sdktest.Claim(res, "groups") != "" {
+				widened.Store(true)
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+	}()
+
+	f, err := os.OpenFile(file, os.O_WRONLY|os.O_TRUNC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString(first)
+	time.Sleep(120 * time.Millisecond) // > the 50ms debounce and the poll
+	f.WriteString(second)
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the complete file to load", func() bool { return groupsOf(t, p, dev) == `["done","eng"]` })
+	close(stop)
+	<-done
+	if widened.Load() {
+		t.Errorf("a caller got the groups of the half-written file")
+	}
+	if got := groupsOf(t, p, devil); got != "" {
+		t.Errorf("devil: groups = %s", got)
+	}
 }
 
 func TestConfigureErrors(t *testing.T) {

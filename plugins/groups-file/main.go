@@ -7,6 +7,15 @@
 // when it changes; a file that no longer parses is logged and the previous
 // version kept.
 //
+// Replace the file atomically (write a temporary file in the same
+// directory, then rename it over the old one), as configuration management
+// tools do. A file rewritten in place can be read half-written, and a
+// truncated groups file may still parse — "dev*@example.com" cut to "dev*"
+// matches far more people. The plugin takes in a changed file only once two
+// reads 250ms apart give the same content, size and modification time, and
+// otherwise keeps the previous groups and tries again; that covers writers
+// that pause briefly, not arbitrarily long.
+//
 // Plugin configuration:
 //
 //	config:
@@ -21,6 +30,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sync/atomic"
@@ -84,8 +94,14 @@ func (p *groupsPlugin) Configure(_ context.Context, raw json.RawMessage) error {
 	}
 	// The first load must succeed: starting with no groups would quietly
 	// take access away from everyone.
-	if _, err := p.reload(); err != nil {
-		return fmt.Errorf("groups-file: %w", err)
+	for attempt := 1; ; attempt++ {
+		_, err := p.reload()
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, errUnsettled) || attempt == maxSettleAttempts {
+			return fmt.Errorf("groups-file: %w", err)
+		}
 	}
 	// Watch before returning, so that no change after Configure is missed.
 	go p.watch(p.watchEvents())
@@ -115,14 +131,55 @@ func (p *groupsPlugin) watchEvents() <-chan fsnotify.Event {
 	return w.Events
 }
 
-// reload reads the file and swaps in its table if the content changed.
+// settleDelay is how long a changed file must stay the same before it is
+// loaded. It is longer than the event debounce, so that a writer pausing
+// between two writes for longer than the debounce is not loaded half-way.
+const settleDelay = 250 * time.Millisecond
+
+// maxSettleAttempts bounds the attempts at the first load of a file that
+// keeps changing.
+const maxSettleAttempts = 8
+
+// errUnsettled reports a file that changed while it was being read.
+var errUnsettled = errors.New("file is being written")
+
+// readOnce reads the file and its size and modification time.
+func readOnce(name string) ([]byte, os.FileInfo, error) {
+	f, err := os.Open(name)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(f)
+	if err != nil {
+		return nil, nil, err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, nil, err
+	}
+	return data, fi, nil
+}
+
+// reload reads the file and swaps in its table if the content changed and
+// has settled: a second read settleDelay later must find the same bytes,
+// size and modification time. A non-atomic writer caught between two
+// writes leaves a truncated file that may well parse.
 func (p *groupsPlugin) reload() (changed bool, err error) {
-	data, err := os.ReadFile(p.cfg.File)
+	data, fi, err := readOnce(p.cfg.File)
 	if err != nil {
 		return false, err
 	}
 	if p.table.Load() != nil && bytes.Equal(data, p.raw) {
 		return false, nil
+	}
+	time.Sleep(settleDelay)
+	again, fi2, err := readOnce(p.cfg.File)
+	if err != nil {
+		return false, err
+	}
+	if !bytes.Equal(data, again) || fi.Size() != int64(len(data)) || fi2.Size() != fi.Size() || !fi2.ModTime().Equal(fi.ModTime()) {
+		return false, fmt.Errorf("%s: %w", p.cfg.File, errUnsettled)
 	}
 	t, err := Parse(data)
 	if err != nil {
@@ -151,6 +208,10 @@ func (p *groupsPlugin) watch(events <-chan fsnotify.Event) {
 		}
 		changed, err := p.reload()
 		switch {
+		case errors.Is(err, errUnsettled):
+			// Keep the previous groups and look again once it settles.
+			log.Info("file changed while reading it; trying again", "file", p.cfg.File)
+			debounce = time.After(settleDelay)
 		case err != nil:
 			log.Error("keeping the previous groups", "error", err)
 		case changed:
