@@ -96,7 +96,7 @@ type Plugin struct {
 
 	mu        sync.Mutex
 	inst      *instance
-	ready     chan struct{} // closed while inst != nil
+	ready     chan struct{} // closed (and replaced) when a launch ends; see launched
 	launching bool
 	state     State
 	since     time.Time
@@ -333,14 +333,23 @@ func (p *Plugin) poke() {
 	}
 }
 
+// launchedLocked records that a launch ended, with an instance or not,
+// and wakes the calls waiting for it in current(): they then use the new
+// instance or fail at once with the start error, rather than wait out
+// their timeout. p.mu must be held.
+func (p *Plugin) launchedLocked() {
+	p.launching = false
+	close(p.ready)
+	p.ready = make(chan struct{})
+}
+
 // setInstance makes inst the serving instance.
 func (p *Plugin) setInstance(inst *instance) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.inst = inst
-	p.launching = false
 	p.state, p.since = StateServing, time.Now()
-	close(p.ready)
+	p.launchedLocked()
 	p.cacheable.Store(inst.desc.Cacheable && p.cfg.CacheTTL > 0)
 }
 
@@ -352,7 +361,7 @@ func (p *Plugin) start(ctx context.Context) error {
 	inst, err := p.launcher.launch(ctx)
 	if err != nil {
 		p.mu.Lock()
-		p.launching = false
+		p.launchedLocked()
 		p.lastErr = err.Error()
 		p.state, p.since = StateStopped, time.Now()
 		p.mu.Unlock()
@@ -408,7 +417,6 @@ func (p *Plugin) replace(old *instance, reason error) {
 	}
 	p.mu.Lock()
 	p.inst = nil
-	p.ready = make(chan struct{})
 	p.state, p.since = StateRestarting, time.Now()
 	p.lastErr = reason.Error()
 	if time.Since(old.started) > stableAfter {
@@ -445,8 +453,8 @@ func (p *Plugin) replace(old *instance, reason error) {
 			return
 		}
 		p.mu.Lock()
-		p.launching = false
 		p.lastErr = err.Error()
+		p.launchedLocked()
 		p.failures++
 		p.mu.Unlock()
 		p.opts.Logf("plugin %s: restart failed: %v", p.cfg.Name, err)
@@ -471,8 +479,8 @@ func (p *Plugin) stop() {
 	p.mu.Lock()
 	inst := p.inst
 	p.inst = nil
-	p.launching = false
 	p.state, p.since = StateStopped, time.Now()
+	p.launchedLocked()
 	p.mu.Unlock()
 	if inst != nil {
 		inst.stop(true)

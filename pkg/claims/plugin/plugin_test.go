@@ -543,6 +543,41 @@ func TestHungPlugin(t *testing.T) {
 	}
 }
 
+// TestFailedRestartWakesWaiters shows that calls waiting for a restarting
+// plugin fail as soon as the restart fails, with its error, instead of
+// waiting out their timeout.
+func TestFailedRestartWakesWaiters(t *testing.T) {
+	failFile := filepath.Join(t.TempDir(), "fail")
+	cfg := testConfig()
+	cfg.Timeout = 5 * time.Second
+	cfg.Config = map[string]any{"slow_fail_file": failFile}
+	m, _ := startManager(t, Options{RestartMin: 10 * time.Millisecond, RestartMax: 20 * time.Millisecond}, cfg)
+	p := m.Plugins()[0]
+	// From now on a restart takes half a second, then fails.
+	if err := os.WriteFile(failFile, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Enrich(ctx, request("crash")); err == nil {
+		t.Fatal("crash: no error")
+	}
+	if !waitFor(3*time.Second, func() bool {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return p.launching
+	}) {
+		t.Fatalf("no restart under way: %+v", p.Health())
+	}
+	start := time.Now()
+	_, err := p.Enrich(ctx, request("a"))
+	d := time.Since(start)
+	if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "slow fail file present") {
+		t.Errorf("Enrich during a failing restart = %v, want the start error", err)
+	}
+	if d > 2*time.Second {
+		t.Errorf("Enrich waited %v for a restart that failed after 0.5s", d)
+	}
+}
+
 // TestCallTimeout shows a slow answer is cut at the timeout without
 // replacing a plugin that is otherwise healthy.
 func TestCallTimeout(t *testing.T) {

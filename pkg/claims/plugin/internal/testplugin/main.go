@@ -44,12 +44,21 @@ func (p *plugin) Configure(_ context.Context, raw json.RawMessage) error {
 	var cfg struct {
 		Fail     string `json:"fail"`
 		FailFile string `json:"fail_file"`
+		// SlowFailFile, if the file exists, makes Configure fail after
+		// half a second: a restart that takes a while and then fails.
+		SlowFailFile string `json:"slow_fail_file"`
 	}
 	if err := json.Unmarshal(raw, &cfg); err != nil {
 		return err
 	}
 	if cfg.Fail != "" {
 		return errors.New(cfg.Fail)
+	}
+	if cfg.SlowFailFile != "" {
+		if _, err := os.Stat(cfg.SlowFailFile); err == nil {
+			time.Sleep(500 * time.Millisecond)
+			return errors.New("slow fail file present")
+		}
 	}
 	p.failFile = cfg.FailFile
 	return nil
