@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -31,6 +32,9 @@ type instance struct {
 	allowed map[string]bool
 	pid     int // 0 in process
 	started time.Time
+	// timeouts counts the calls in a row that timed out with no answer
+	// in between; at hangLimit the instance is replaced.
+	timeouts atomic.Int32
 
 	// exited reports whether the process is gone.
 	exited func() bool

@@ -69,6 +69,11 @@ const maxRefusedLogged = 4
 // as a fresh start rather than part of a crash loop.
 const stableAfter = 10 * time.Second
 
+// hangLimit is how many calls in a row may time out, with no answer in
+// between, before the instance is replaced even though its health service
+// answers: its Enrich handlers are deadlocked or ignore the deadline.
+const hangLimit = 3
+
 // exitPoll is how often the supervisor checks whether the process exited.
 // go-plugin exposes exit only as a flag, and polling it is a mutex read.
 const exitPoll = 25 * time.Millisecond
@@ -216,21 +221,28 @@ func (p *Plugin) onError(ctx context.Context, key string, err error) (*claims.Re
 
 // call makes one Enrich call within the plugin's timeout and caches its
 // answer.
-func (p *Plugin) call(ctx context.Context, req *claims.Request, key string) (*claims.Result, error) {
-	ctx, cancel := context.WithTimeout(ctx, p.cfg.Timeout)
+func (p *Plugin) call(parent context.Context, req *claims.Request, key string) (*claims.Result, error) {
+	ctx, cancel := context.WithTimeout(parent, p.cfg.Timeout)
 	defer cancel()
 	inst, err := p.current(ctx)
 	if err != nil {
 		return nil, err
 	}
 	resp, err := inst.client.Enrich(ctx, requestToProto(req))
+	switch code := status.Code(err); {
+	case err == nil:
+		inst.timeouts.Store(0)
+	case code == codes.DeadlineExceeded && parent.Err() == nil:
+		// The plugin's own timeout, not a caller that gave up.
+		inst.timeouts.Add(1)
+		p.poke() // maybe hung: have the supervisor look now
+	case code == codes.Unavailable:
+		p.poke() // maybe crashed
+	case code != codes.DeadlineExceeded && code != codes.Canceled:
+		// An error of the plugin's own: its handlers run.
+		inst.timeouts.Store(0)
+	}
 	if err != nil {
-		switch status.Code(err) {
-		case codes.Unavailable, codes.DeadlineExceeded:
-			// Maybe crashed or hung: have the supervisor look now
-			// rather than at the next health check.
-			p.poke()
-		}
 		return nil, fmt.Errorf("enrich: %w", err)
 	}
 	res, ttl, err := p.result(inst, resp)
@@ -397,15 +409,27 @@ func (p *Plugin) supervise() {
 				p.replace(inst, errExited)
 			}
 		case <-p.kick:
-			if err := inst.checkHealth(p.quitCtx, p.opts.HealthTimeout); err != nil {
+			if err := p.check(inst); err != nil {
 				p.replace(inst, err)
 			}
 		case <-healthTick.C:
-			if err := inst.checkHealth(p.quitCtx, p.opts.HealthTimeout); err != nil {
+			if err := p.check(inst); err != nil {
 				p.replace(inst, err)
 			}
 		}
 	}
+}
+
+// check reports why inst should be replaced, if it should: its process
+// exited, it fails its health check, or its calls keep timing out. The
+// health service answers from its own goroutines, so a plugin whose
+// Enrich handlers are deadlocked still passes the health check; only its
+// calls show it.
+func (p *Plugin) check(inst *instance) error {
+	if n := inst.timeouts.Load(); n >= hangLimit {
+		return fmt.Errorf("%d calls in a row timed out (Enrich hung?) although the health check may pass", n)
+	}
+	return inst.checkHealth(p.quitCtx, p.opts.HealthTimeout)
 }
 
 // replace kills a failed instance and starts another, with exponential,

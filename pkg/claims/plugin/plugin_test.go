@@ -543,6 +543,56 @@ func TestHungPlugin(t *testing.T) {
 	}
 }
 
+// TestHungEnrichReplaced shows that a plugin whose Enrich handlers hang
+// (ignoring the deadline) while its health service still answers SERVING is
+// replaced after hangLimit calls in a row time out, and only then.
+func TestHungEnrichReplaced(t *testing.T) {
+	cfg := testConfig()
+	cfg.Timeout = 200 * time.Millisecond
+	m, logs := startManager(t, Options{}, cfg)
+	p := m.Plugins()[0]
+	oldPID := p.Health().PID
+	call := func(aud string) error {
+		t.Helper()
+		_, err := p.Enrich(ctx, request(aud))
+		if aud == "hang" && (!errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "DeadlineExceeded")) {
+			t.Fatalf("Enrich(hang) = %v, want a deadline error", err)
+		}
+		return err
+	}
+	// An answer in between resets the count.
+	for range hangLimit - 1 {
+		call("hang")
+	}
+	if err := call("a"); err != nil {
+		t.Fatal(err)
+	}
+	for range hangLimit - 1 {
+		call("hang")
+	}
+	time.Sleep(200 * time.Millisecond) // let the triggered checks run
+	if h := p.Health(); h.Restarts != 0 || h.PID != oldPID {
+		t.Fatalf("replaced before %d timeouts in a row: %+v", hangLimit, h)
+	}
+	call("hang")
+	if !waitFor(5*time.Second, func() bool {
+		h := p.Health()
+		return h.Restarts == 1 && h.State == StateServing
+	}) {
+		t.Fatalf("hung plugin not replaced: %+v", p.Health())
+	}
+	res, err := p.Enrich(ctx, request("a"))
+	if pid := claimValue(res, "pid"); err != nil || pid == "" || pid == strconv.Itoa(oldPID) {
+		t.Errorf("after replacement: %v, pid %s (old %d)", err, pid, oldPID)
+	}
+	if !waitFor(time.Second, func() bool { return !alive(oldPID) }) {
+		t.Errorf("hung process %d still exists", oldPID)
+	}
+	if !logs.contains("plugin test: replacing instance", fmt.Sprint(oldPID), "3 calls in a row timed out") {
+		t.Errorf("reason for the replacement not logged")
+	}
+}
+
 // TestFailedRestartWakesWaiters shows that calls waiting for a restarting
 // plugin fail as soon as the restart fails, with its error, instead of
 // waiting out their timeout.

@@ -99,6 +99,10 @@ func (p *plugin) Enrich(ctx context.Context, req *sdk.Request) (*sdk.Response, e
 		}
 	case "slow":
 		time.Sleep(100 * time.Millisecond)
+	case "hang":
+		// A deadlocked handler: it ignores the deadline and never
+		// returns, while the health service still answers SERVING.
+		<-make(chan struct{})
 	case "error":
 		return nil, errors.New("backend down")
 	case "deny":
