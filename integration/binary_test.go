@@ -252,7 +252,7 @@ func TestCLIErrorsAreOneLine(t *testing.T) {
 		{[]string{"serve", "--config", bad}, `unknown key "alow"`},
 		{[]string{"serve", "--config", filepath.Join(dir, "missing.yaml")}, "no such file"},
 		{[]string{"serve", "--backend", "carrier-pigeon", "--issuer", "https://x"}, "backend"},
-		{[]string{"keys", "revoke", "--state-dir", dir, "nope"}, "nope"},
+		{[]string{"keys", "revoke", "--state-dir", dir, "nope"}, "no key set at"},
 		{[]string{"keys", "rotate", "--state-dir", dir, "--alg", "HS256"}, "HS256"},
 		{[]string{"token", "--audience", "x"}, "--url"},
 		{[]string{"serve", "--no-such-flag"}, "no-such-flag"},

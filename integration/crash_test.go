@@ -119,7 +119,7 @@ func testCrashes(t *testing.T, bin, prod, dir string, storeArgs []string, steps 
 
 	// Create the key set first, so that starting the daemon writes nothing
 	// (the crash hook fires at the first write of its step).
-	if _, errOut, code := runTSIDP(t, append([]string{"keys", "rotate", "--force", "--state-dir", state}, storeArgs...)...); code != 0 {
+	if _, errOut, code := runTSIDP(t, append([]string{"keys", "init", "--state-dir", state}, storeArgs...)...); code != 0 {
 		t.Fatalf("creating the key set: %s", errOut)
 	}
 	var before map[string]string

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -30,11 +31,44 @@ func keysCommand() *cli.Command {
 the key store directly, under its lock. Use the same --config/--state-dir/--store as the daemon.`,
 		Subcommands: []*cli.Command{
 			{
+				Name:  "init",
+				Usage: "create the key set if the store has none (the daemon also does on first start)",
+				Flags: common,
+				Action: func(c *cli.Context) error {
+					if err := noArgs(c); err != nil {
+						return err
+					}
+					ops, err := openKeyOps(c, false)
+					if err != nil {
+						return err
+					}
+					defer ops.Close()
+					before, _, err := ops.List(c.Context)
+					if err != nil {
+						return err
+					}
+					after, err := ops.Init(c.Context)
+					if err != nil {
+						return err
+					}
+					if len(before) > 0 {
+						fmt.Fprintln(c.App.Writer, "a key set exists already; added only what the configuration lacked")
+					}
+					for _, line := range activeChanges(before, after) {
+						fmt.Fprintln(c.App.Writer, line)
+					}
+					return nil
+				},
+			},
+			{
 				Name:  "list",
 				Usage: "list keys, their states and times, and the rotation status",
 				Flags: append(common, &cli.BoolFlag{Name: "json", Usage: "print JSON"}),
 				Action: func(c *cli.Context) error {
-					ops, err := openKeyOps(c)
+					if err := noArgs(c); err != nil {
+						return err
+					}
+					ops, err := openKeyOps(c, true)
 					if err != nil {
 						return err
 					}
@@ -62,6 +96,9 @@ the key store directly, under its lock. Use the same --config/--state-dir/--stor
 					&cli.BoolFlag{Name: "force", Usage: "rotate even if the next key has not been published for jwks_max_age + clock_skew (verifiers with a cached JWKS may reject new tokens until they refetch)"},
 				),
 				Action: func(c *cli.Context) error {
+					if err := noArgs(c); err != nil {
+						return err
+					}
 					var algs []keys.Algorithm
 					for _, s := range c.StringSlice("alg") {
 						a, err := keys.ParseAlgorithm(s)
@@ -70,7 +107,7 @@ the key store directly, under its lock. Use the same --config/--state-dir/--stor
 						}
 						algs = append(algs, a)
 					}
-					ops, err := openKeyOps(c)
+					ops, err := openKeyOps(c, true)
 					if err != nil {
 						return err
 					}
@@ -95,11 +132,11 @@ the key store directly, under its lock. Use the same --config/--state-dir/--stor
 				UsageText: "tsidp keys revoke KID",
 				Flags:     common,
 				Action: func(c *cli.Context) error {
-					if c.NArg() != 1 {
-						return errors.New("tsidp: keys revoke needs exactly one KID (see tsidp keys list)")
+					if err := oneArg(c, "KID (see tsidp keys list)"); err != nil {
+						return err
 					}
 					kid := c.Args().First()
-					ops, err := openKeyOps(c)
+					ops, err := openKeyOps(c, true)
 					if err != nil {
 						return err
 					}
@@ -107,6 +144,10 @@ the key store directly, under its lock. Use the same --config/--state-dir/--stor
 					before, _, err := ops.List(c.Context)
 					if err != nil {
 						return err
+					}
+					if i := slices.IndexFunc(before, func(k keys.KeyInfo) bool { return k.ID == kid }); i >= 0 && before[i].State == keys.StateRevoked {
+						fmt.Fprintf(c.App.Writer, "%s was already revoked: it is not in the JWKS\n", kid)
+						return nil
 					}
 					after, err := ops.Revoke(c.Context, kid)
 					if err != nil {
@@ -124,12 +165,15 @@ the key store directly, under its lock. Use the same --config/--state-dir/--stor
 				Usage:     "import a private key (PEM or JWK) from another issuer as the next key",
 				UsageText: "tsidp keys import --alg ALG [--activate] FILE",
 				Flags: append(common,
-					&cli.StringFlag{Name: "alg", Required: true, Usage: "algorithm the key signs with: ES256, RS256 or EdDSA"},
+					&cli.StringFlag{Name: "alg", Usage: "algorithm the key signs with: ES256, RS256 or EdDSA (required)"},
 					&cli.BoolFlag{Name: "activate", Usage: "make it the active key at once (when migrating an issuer whose verifiers already know the key)"},
 				),
 				Action: func(c *cli.Context) error {
-					if c.NArg() != 1 {
-						return errors.New("tsidp: keys import needs exactly one FILE")
+					if err := oneArg(c, "FILE"); err != nil {
+						return err
+					}
+					if c.String("alg") == "" {
+						return errors.New("tsidp: keys import needs --alg (ES256, RS256 or EdDSA)")
 					}
 					alg, err := keys.ParseAlgorithm(c.String("alg"))
 					if err != nil {
@@ -139,7 +183,9 @@ the key store directly, under its lock. Use the same --config/--state-dir/--stor
 					if err != nil {
 						return err
 					}
-					ops, err := openKeyOps(c)
+					// Import may create the key set: migrating from another
+					// issuer before tsidp's first start is a normal use.
+					ops, err := openKeyOps(c, false)
 					if err != nil {
 						return err
 					}
@@ -157,7 +203,10 @@ the key store directly, under its lock. Use the same --config/--state-dir/--stor
 				Usage: "print the public JWKS (for static hosting)",
 				Flags: common,
 				Action: func(c *cli.Context) error {
-					ops, err := openKeyOps(c)
+					if err := noArgs(c); err != nil {
+						return err
+					}
+					ops, err := openKeyOps(c, true)
 					if err != nil {
 						return err
 					}
@@ -178,6 +227,7 @@ the key store directly, under its lock. Use the same --config/--state-dir/--stor
 // the store directly.
 type keyOps interface {
 	List(ctx context.Context) ([]keys.KeyInfo, *keys.Status, error)
+	Init(ctx context.Context) ([]keys.KeyInfo, error)
 	Rotate(ctx context.Context, algs []keys.Algorithm, force bool) ([]keys.KeyInfo, error)
 	Revoke(ctx context.Context, kid string) ([]keys.KeyInfo, error)
 	Import(ctx context.Context, data []byte, alg keys.Algorithm, activate bool) (keys.KeyInfo, error)
@@ -186,8 +236,10 @@ type keyOps interface {
 }
 
 // openKeyOps picks the daemon if one answers on the admin socket, else the
-// store named by the configuration.
-func openKeyOps(c *cli.Context) (keyOps, error) {
+// store named by the configuration. With mustExist, a store holding no key
+// set is an error rather than a new key set: a mistyped --state-dir must
+// not list nothing, export an empty JWKS or start a new history.
+func openKeyOps(c *cli.Context, mustExist bool) (keyOps, error) {
 	cfg, err := config.Load(c.String("config"))
 	if err != nil {
 		return nil, err
@@ -209,11 +261,50 @@ func openKeyOps(c *cli.Context) (keyOps, error) {
 	} else if !errors.Is(err, admin.ErrNotRunning) {
 		return nil, fmt.Errorf("tsidp: admin socket %s: %w", cfg.Admin.Socket, err)
 	}
+	if mustExist && cfg.Keys.Store == "file" {
+		// Check before opening: opening creates the directory.
+		path := filepath.Join(cfg.StateDir, "keys", keys.FileStoreName)
+		if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("tsidp: no key set at %s and no daemon on %s: check --state-dir (the daemon creates the key set on first start)", path, cfg.Admin.Socket)
+		}
+	}
 	st, err := daemon.OpenStore(c.Context, cfg)
 	if err != nil {
 		return nil, err
 	}
+	if mustExist && cfg.Keys.Store != "file" {
+		set, err := st.Load(c.Context)
+		if err != nil {
+			st.Close()
+			return nil, err
+		}
+		if len(set.Keys) == 0 {
+			st.Close()
+			return nil, fmt.Errorf("tsidp: no key set in %s under prefix %q: check --store and keys.etcd.prefix (a replica creates the key set on first start)", cfg.Keys.Store, cfg.Keys.Etcd.Prefix)
+		}
+	}
 	return &storeKeyOps{st: st, p: kp}, nil
+}
+
+// noArgs refuses positional arguments, most often flags written after one
+// (flags go before arguments).
+func noArgs(c *cli.Context) error {
+	if c.NArg() > 0 {
+		return fmt.Errorf("tsidp: %s takes no arguments, got %q", strings.TrimPrefix(commandPath(c), "tsidp "), c.Args().First())
+	}
+	return nil
+}
+
+// oneArg requires exactly one positional argument, named what, and applies
+// any flags written after it.
+func oneArg(c *cli.Context, what string) error {
+	if c.NArg() == 0 {
+		return fmt.Errorf("tsidp: %s needs one %s", strings.TrimPrefix(commandPath(c), "tsidp "), what)
+	}
+	if err := parseTrailingFlags(c); err != nil {
+		return fmt.Errorf("tsidp: %s: %w", strings.TrimPrefix(commandPath(c), "tsidp "), err)
+	}
+	return nil
 }
 
 type daemonKeyOps struct{ c *admin.Client }
@@ -228,6 +319,15 @@ func (o *daemonKeyOps) List(ctx context.Context) ([]keys.KeyInfo, *keys.Status, 
 		return nil, nil, err
 	}
 	return kr.Keys, &st.Keys, nil
+}
+
+// Init with a daemon running has nothing to do: the daemon made its keys.
+func (o *daemonKeyOps) Init(ctx context.Context) ([]keys.KeyInfo, error) {
+	kr, err := o.c.Keys(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return kr.Keys, nil
 }
 
 func (o *daemonKeyOps) Rotate(ctx context.Context, algs []keys.Algorithm, force bool) ([]keys.KeyInfo, error) {
@@ -276,8 +376,9 @@ func (o *storeKeyOps) List(ctx context.Context) ([]keys.KeyInfo, *keys.Status, e
 func (o *storeKeyOps) update(ctx context.Context, fn func(*keys.Set, time.Time) error) ([]keys.KeyInfo, error) {
 	set, err := keys.Update(ctx, o.st, func(s *keys.Set) error {
 		now := time.Now()
-		// A store nobody initialized yet gets its keys first, as the
-		// daemon would on start.
+		// The daemon would add keys the configuration asks for and the
+		// set lacks (a new algorithm) on start; so does every change
+		// here. (Only init and import get here with an empty store.)
 		if err := s.Ensure(now, o.p); err != nil {
 			return err
 		}
@@ -287,6 +388,10 @@ func (o *storeKeyOps) update(ctx context.Context, fn func(*keys.Set, time.Time) 
 		return nil, err
 	}
 	return set.List(o.p), nil
+}
+
+func (o *storeKeyOps) Init(ctx context.Context) ([]keys.KeyInfo, error) {
+	return o.update(ctx, func(*keys.Set, time.Time) error { return nil })
 }
 
 func (o *storeKeyOps) Rotate(ctx context.Context, algs []keys.Algorithm, force bool) ([]keys.KeyInfo, error) {
@@ -332,10 +437,6 @@ func (o *storeKeyOps) JWKS(ctx context.Context) ([]byte, error) {
 func (o *storeKeyOps) Close() error { return o.st.Close() }
 
 func printKeys(w io.Writer, infos []keys.KeyInfo) {
-	if len(infos) == 0 {
-		fmt.Fprintln(w, "no keys yet (the daemon creates them on first start)")
-		return
-	}
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ALG\tSTATE\tKID\tCREATED\tACTIVATED\tRETIRED\tSIGNS FROM / LEAVES JWKS")
 	ts := func(t time.Time) string {

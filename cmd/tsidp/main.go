@@ -9,6 +9,8 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"slices"
+	"strings"
 	"syscall"
 
 	"github.com/urfave/cli/v2"
@@ -28,7 +30,7 @@ func main() {
 }
 
 func newApp() *cli.App {
-	return &cli.App{
+	app := &cli.App{
 		Name:                 "tsidp",
 		Usage:                "issue JWTs to callers on a tailnet, with tailscaled's WhoIs as the identity provider",
 		Version:              buildVersion(),
@@ -42,10 +44,56 @@ func newApp() *cli.App {
 			pluginsCommand(),
 			versionCommand(),
 		},
-		// Usage errors get one line too, not the whole help text.
-		OnUsageError: func(c *cli.Context, err error, isSubcommand bool) error {
-			return fmt.Errorf("usage: %w (see tsidp %s --help)", err, c.Command.Name)
+		OnUsageError: usageError,
+		// "tsidp bogus" is an error, not a help topic.
+		Action: func(c *cli.Context) error {
+			if c.NArg() > 0 {
+				return &exitError{2, fmt.Errorf("tsidp: no command %q (see tsidp --help)", c.Args().First())}
+			}
+			return cli.ShowAppHelp(c)
 		},
+	}
+	setUsageErrors(app.Commands)
+	return app
+}
+
+// usageError makes a usage error (an unknown flag, a bad flag value) one
+// line that points at the help, instead of urfave/cli's whole help text.
+func usageError(c *cli.Context, err error, _ bool) error {
+	return &exitError{2, fmt.Errorf("tsidp: %w (see %s --help)", err, commandPath(c))}
+}
+
+// unknownCommand is the action of a command with subcommands: without
+// one it shows the help, with an unknown one it fails in one line.
+func unknownCommand(c *cli.Context) error {
+	if c.NArg() > 0 {
+		return &exitError{2, fmt.Errorf("tsidp: no command %q (see %s --help)", strings.Join(append(strings.Fields(commandPath(c))[1:], c.Args().First()), " "), commandPath(c))}
+	}
+	return cli.ShowSubcommandHelp(c)
+}
+
+// commandPath is the command line that leads to c's command, e.g.
+// "tsidp keys revoke".
+func commandPath(c *cli.Context) string {
+	var names []string
+	for _, x := range c.Lineage() {
+		if x.Command != nil && x.Command.Name != "" && x.Command.Name != "tsidp" {
+			names = append(names, x.Command.Name)
+		}
+	}
+	slices.Reverse(names)
+	return strings.Join(append([]string{"tsidp"}, names...), " ")
+}
+
+func setUsageErrors(cmds []*cli.Command) {
+	for _, c := range cmds {
+		if c.OnUsageError == nil {
+			c.OnUsageError = usageError
+		}
+		if len(c.Subcommands) > 0 && c.Action == nil {
+			c.Action = unknownCommand
+		}
+		setUsageErrors(c.Subcommands)
 	}
 }
 
@@ -103,4 +151,40 @@ func oneLine(err error) string {
 		s = "tsidp: " + s
 	}
 	return s
+}
+
+// parseTrailingFlags applies flags given after the one positional argument
+// ("keys revoke KID --state-dir X"), where urfave/cli stops parsing.
+func parseTrailingFlags(c *cli.Context) error {
+	rest := c.Args().Tail()
+	for i := 0; i < len(rest); i++ {
+		arg := rest[i]
+		if !strings.HasPrefix(arg, "-") || arg == "-" {
+			return fmt.Errorf("want exactly one argument, got also %q", arg)
+		}
+		name, value, ok := strings.Cut(strings.TrimLeft(arg, "-"), "=")
+		if !ok {
+			if isBoolFlag(c.Command, name) {
+				value = "true"
+			} else if i+1 == len(rest) {
+				return fmt.Errorf("flag %s needs a value", arg)
+			} else {
+				i++
+				value = rest[i]
+			}
+		}
+		if err := c.Set(name, value); err != nil {
+			return fmt.Errorf("flag %s: %w", arg, err)
+		}
+	}
+	return nil
+}
+
+func isBoolFlag(cmd *cli.Command, name string) bool {
+	for _, f := range cmd.Flags {
+		if bf, ok := f.(*cli.BoolFlag); ok && slices.Contains(bf.Names(), name) {
+			return true
+		}
+	}
+	return false
 }

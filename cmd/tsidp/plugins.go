@@ -126,30 +126,6 @@ func pluginsCheck(c *cli.Context) error {
 	return enc.Encode(rep)
 }
 
-// parseTrailingFlags applies flags given after the positional argument
-// ("check PATH --sha256 X"), where urfave/cli stops parsing.
-func parseTrailingFlags(c *cli.Context) error {
-	rest := c.Args().Tail()
-	for i := 0; i < len(rest); i++ {
-		arg := rest[i]
-		if !strings.HasPrefix(arg, "-") || arg == "-" {
-			return fmt.Errorf("want exactly one PATH, got also %q", arg)
-		}
-		name, value, ok := strings.Cut(strings.TrimLeft(arg, "-"), "=")
-		if !ok {
-			if i+1 == len(rest) {
-				return fmt.Errorf("flag %s needs a value", arg)
-			}
-			i++
-			value = rest[i]
-		}
-		if err := c.Set(name, value); err != nil {
-			return fmt.Errorf("flag %s: %w", arg, err)
-		}
-	}
-	return nil
-}
-
 // checkConfig reads --config: a JSON object, or @FILE holding one.
 func checkConfig(s string) (map[string]any, error) {
 	if s == "" {

@@ -23,6 +23,9 @@ const (
 	tempPrefix   = "keyset.json.tmp-"
 )
 
+// FileStoreName is the name of the key set file in a FileStore directory.
+const FileStoreName = setFileName
+
 // FileStore is the embedded Store: one JSON document (see MarshalSet),
 // dir/keyset.json, holding every key including private keys as JWKs.
 //

@@ -56,7 +56,7 @@ type TooEarlyError struct {
 }
 
 func (e *TooEarlyError) Error() string {
-	return fmt.Sprintf("keys: not rotating %s yet: next key %s was published at %s and verifiers may cache the JWKS for jwks_max_age %s + clock_skew %s; rotation is allowed from %s (in %s), or now with force",
+	return fmt.Sprintf("keys: not rotating %s yet: next key %s was published at %s and verifiers may cache the JWKS for jwks_max_age %s + clock_skew %s; rotation is allowed from %s (in %s), or now with --force",
 		e.Algorithm, e.KID, e.Published.Format(time.RFC3339), fmtDuration(e.maxAge), fmtDuration(e.skew),
 		e.SignsFrom.Format(time.RFC3339), fmtDuration(e.SignsFrom.Sub(e.Now).Round(time.Second)))
 }
@@ -98,7 +98,7 @@ func (s *Set) Rotate(now time.Time, p Policy, alg Algorithm, force bool) error {
 func (s *Set) Revoke(now time.Time, p Policy, kid string) error {
 	now = now.UTC()
 	if k := s.Key(kid); k == nil {
-		return fmt.Errorf("keys: cannot revoke %q: no key has that kid: %w", kid, ErrUnknownKey)
+		return fmt.Errorf("keys: cannot revoke %q: %w", kid, ErrUnknownKey)
 	} else if k.State == StateRevoked {
 		return nil
 	}

@@ -26,7 +26,7 @@ var (
 	// ErrConflict means the store changed since the set was loaded.
 	ErrConflict = errors.New("version conflict: the key set was changed by another writer")
 	// ErrUnknownKey means no key has the given kid.
-	ErrUnknownKey = errors.New("unknown key")
+	ErrUnknownKey = errors.New("no key has that kid")
 	// ErrCorrupt means a stored key set could not be decoded or breaks the
 	// set's invariants.
 	ErrCorrupt = errors.New("corrupt key set")
