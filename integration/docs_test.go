@@ -105,16 +105,21 @@ func TestQuickstartSandboxSnippets(t *testing.T) {
 // TestQuickstartConfigIsValid parses the quickstart's config file.
 func TestQuickstartConfigIsValid(t *testing.T) {
 	blocks := docBlocks(t, "../docs/quickstart.md", "yaml")
-	if len(blocks) != 1 {
-		t.Fatalf("%d yaml blocks", len(blocks))
+	if len(blocks) != 2 {
+		t.Fatalf("%d yaml blocks, want the tailscaled and the tsnet files", len(blocks))
 	}
-	var c config.Config
-	if err := config.Parse([]byte(blocks[0]), &c); err != nil {
-		t.Fatal(err)
-	}
-	c.StateDir = t.TempDir()
-	c.Provision()
-	if err := c.Validate(); err != nil {
-		t.Fatal(err)
+	for i, b := range blocks {
+		var c config.Config
+		if err := config.Parse([]byte(b), &c); err != nil {
+			t.Fatalf("block %d: %v", i, err)
+		}
+		c.StateDir = t.TempDir()
+		c.Provision()
+		if err := c.Validate(); err != nil {
+			t.Fatalf("block %d: %v", i, err)
+		}
+		if c.Backend == "tsnet" && (c.Issuer != "" || len(c.TSNet.Listen) != 1 || c.TSNet.Listen[0] != ":80") {
+			t.Errorf("block %d: the tsnet file sets issuer %q and serves on %q; the quickstart says the issuer is derived and the port is 80", i, c.Issuer, c.TSNet.Listen)
+		}
 	}
 }
