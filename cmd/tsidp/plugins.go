@@ -84,8 +84,7 @@ func pluginsCheck(c *cli.Context) error {
 		return fmt.Errorf("tsidp: plugins check: %w", err)
 	}
 	cfg := plugin.Config{
-		Name:    "check",
-		Path:    path,
+		Path:    path, // the plugin's name in logs and errors is the file's
 		SHA256:  c.String("sha256"),
 		Args:    c.StringSlice("arg"),
 		Env:     c.StringSlice("env"),

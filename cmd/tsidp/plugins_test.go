@@ -59,7 +59,7 @@ func TestPluginsCheck(t *testing.T) {
 		strings.Join(rep.Request.Scopes, ",") != "read" {
 		t.Errorf("report = %s", stdout)
 	}
-	if !strings.Contains(stderr, "plugin check: started groups-file") {
+	if !strings.Contains(stderr, "plugin groups-file: started groups-file") {
 		t.Errorf("stderr = %q", stderr)
 	}
 
