@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"encoding/json"
+	"net/url"
 	"os"
 	"os/exec"
 	"regexp"
@@ -10,7 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"tailscale.com/tailcfg"
+
 	"github.com/tsidp/tsidp/pkg/config"
+	"github.com/tsidp/tsidp/pkg/sandbox"
 )
 
 // docBlocks returns the fenced blocks of one language in a doc file.
@@ -121,5 +125,70 @@ func TestQuickstartConfigIsValid(t *testing.T) {
 		if c.Backend == "tsnet" && (c.Issuer != "" || len(c.TSNet.Listen) != 1 || c.TSNet.Listen[0] != ":80") {
 			t.Errorf("block %d: the tsnet file sets issuer %q and serves on %q; the quickstart says the issuer is derived and the port is 80", i, c.Issuer, c.TSNet.Listen)
 		}
+	}
+}
+
+// TestClaimsDocGrants runs the tailnet grants example of docs/claims.md:
+// tsidp configured with its YAML, the policy file's capability values set
+// in the sandbox's control server. (Test control hands the values to every
+// peer; the example's src and dst are for a real control plane.)
+func TestClaimsDocGrants(t *testing.T) {
+	yamls, jsons := docBlocks(t, "../docs/claims.md", "yaml"), docBlocks(t, "../docs/claims.md", "json")
+	if len(yamls) != 1 || len(jsons) < 1 {
+		t.Fatalf("claims.md has %d yaml and %d json blocks", len(yamls), len(jsons))
+	}
+	var cfg config.Config
+	if err := config.Parse([]byte(yamls[0]), &cfg); err != nil {
+		t.Fatal(err)
+	}
+	var policyFile struct {
+		Grants []struct {
+			App map[string][]json.RawMessage `json:"app"`
+		} `json:"grants"`
+	}
+	if err := json.Unmarshal([]byte(jsons[0]), &policyFile); err != nil {
+		t.Fatalf("the policy file example: %v", err)
+	}
+	if len(policyFile.Grants) != 1 || len(policyFile.Grants[0].App[cfg.Grants.Capability]) == 0 {
+		t.Fatalf("the policy file example grants nothing under %q", cfg.Grants.Capability)
+	}
+	aud := cfg.Audiences[0].Name
+
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	sb, err := sandbox.Start(ctx, sandbox.Options{Listen: freeAddr(t), ListenTagged: freeAddr(t), StateDir: shortTempDir(t), Config: &cfg, Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sb.Close()
+	hc := httpClient()
+
+	// The person matches no allow rule: closed.
+	if status, ta, _ := postToken(t, hc, sb.Gateway.URL(), url.Values{"audience": {aud}}); status != 403 {
+		t.Fatalf("before the grant: %d %+v", status, ta)
+	}
+	var caps []tailcfg.RawMessage
+	for _, v := range policyFile.Grants[0].App[cfg.Grants.Capability] {
+		caps = append(caps, tailcfg.RawMessage(v))
+	}
+	sb.Control.Server().SetGlobalAppCaps(tailcfg.PeerCapMap{tailcfg.PeerCapability(cfg.Grants.Capability): caps})
+	var (
+		status int
+		ta     tokenAnswer
+	)
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		status, ta, _ = postToken(t, hc, sb.Gateway.URL(), url.Values{"audience": {aud}})
+		if status == 200 || time.Now().After(deadline) {
+			break
+		}
+	}
+	// As the doc says: the audience opens, the claims arrive, the
+	// lifetime is capped at an hour.
+	if status != 200 || ta.ExpiresIn != 3600 {
+		t.Fatalf("with the grant: %d %+v; want a token for an hour", status, ta)
+	}
+	c := verifyGoJose(t, hc, sb.Issuer(), ta.AccessToken, "ES256", aud)
+	if got, _ := json.Marshal(c["groups"]); string(got) != `["eng"]` {
+		t.Errorf("groups = %s, want [\"eng\"]", got)
 	}
 }
