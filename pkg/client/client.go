@@ -28,8 +28,10 @@ type Client struct {
 // Request is a token request.
 type Request struct {
 	Audience string
-	Scope    string        // space-separated, optional
-	TTL      time.Duration // optional; tsidp clamps it to the audience's maximum
+	Scope    string // space-separated, optional
+	// TTL is the lifetime to ask for, optional. It is sent in whole
+	// seconds, rounded up; tsidp clamps it to the audience's maximum.
+	TTL time.Duration
 }
 
 // Token is a successful answer.
@@ -66,7 +68,10 @@ func (c *Client) Token(ctx context.Context, r Request) (*Token, error) {
 		form.Set("scope", r.Scope)
 	}
 	if r.TTL > 0 {
-		form.Set("ttl", strconv.FormatInt(int64(r.TTL/time.Second), 10))
+		// Round up: truncating would send "0" for anything under a second,
+		// which tsidp refuses.
+		secs := (r.TTL + time.Second - 1) / time.Second
+		form.Set("ttl", strconv.FormatInt(int64(secs), 10))
 	}
 	req, err := http.NewRequestWithContext(ctx, "POST", strings.TrimSuffix(c.URL, "/")+"/token", strings.NewReader(form.Encode()))
 	if err != nil {

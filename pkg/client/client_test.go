@@ -69,3 +69,36 @@ func TestErrorsAndCaching(t *testing.T) {
 		t.Errorf("%d requests, want 2", hits.Load())
 	}
 }
+
+// TestTTLRoundedUp: a TTL that is not whole seconds is sent rounded up, so
+// that under a second is "1", not "0" (which tsidp refuses).
+func TestTTLRoundedUp(t *testing.T) {
+	got := make(chan string, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got <- r.PostFormValue("ttl")
+		w.Header().Set("Content-Type", "application/json")
+		w.Write([]byte(`{"access_token":"tok","token_type":"Bearer","expires_in":1,"issued_token_type":"urn:ietf:params:oauth:token-type:jwt"}`))
+	}))
+	defer srv.Close()
+	c := &Client{URL: srv.URL, HTTPClient: srv.Client()}
+	tests := []struct {
+		ttl  time.Duration
+		want string
+	}{
+		{0, ""},
+		{time.Nanosecond, "1"},
+		{500 * time.Millisecond, "1"},
+		{time.Second, "1"},
+		{1500 * time.Millisecond, "2"},
+		{time.Minute, "60"},
+		{time.Minute + time.Millisecond, "61"},
+	}
+	for _, tt := range tests {
+		if _, err := c.Token(context.Background(), Request{Audience: "api", TTL: tt.ttl}); err != nil {
+			t.Fatalf("TTL %v: %v", tt.ttl, err)
+		}
+		if g := <-got; g != tt.want {
+			t.Errorf("TTL %v sent as ttl=%q, want %q", tt.ttl, g, tt.want)
+		}
+	}
+}
