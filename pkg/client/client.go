@@ -121,25 +121,55 @@ type TokenSource struct {
 	Client  *Client
 	Request Request
 
-	mu  sync.Mutex
+	initOnce sync.Once
+	// fetching holds a value while a fetch runs. A channel rather than a
+	// mutex, so that a caller waiting for another caller's fetch can give
+	// up when its own context ends.
+	fetching chan struct{}
+
+	mu  sync.Mutex // guards tok
 	tok *Token
 }
 
-// Token returns a valid token.
+// Token returns a valid token. Only one fetch runs at a time; a caller that
+// waits for it returns the context's error, wrapped, if ctx ends first.
 func (s *TokenSource) Token(ctx context.Context) (*Token, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if t := s.tok; t != nil {
-		life := time.Duration(t.ExpiresIn) * time.Second
-		margin := min(life/5, time.Minute)
-		if time.Until(t.Expiry) > margin {
-			return t, nil
-		}
+	if t := s.cached(); t != nil {
+		return t, nil
+	}
+	s.initOnce.Do(func() { s.fetching = make(chan struct{}, 1) })
+	select {
+	case s.fetching <- struct{}{}:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("tsidp: waiting for a token: %w", ctx.Err())
+	}
+	defer func() { <-s.fetching }()
+	// The fetch we waited for may have left a fresh token.
+	if t := s.cached(); t != nil {
+		return t, nil
 	}
 	t, err := s.Client.Token(ctx, s.Request)
 	if err != nil {
 		return nil, err
 	}
+	s.mu.Lock()
 	s.tok = t
+	s.mu.Unlock()
 	return t, nil
+}
+
+// cached returns the cached token if it is not due for renewal, or nil.
+func (s *TokenSource) cached() *Token {
+	s.mu.Lock()
+	t := s.tok
+	s.mu.Unlock()
+	if t == nil {
+		return nil
+	}
+	life := time.Duration(t.ExpiresIn) * time.Second
+	margin := min(life/5, time.Minute)
+	if time.Until(t.Expiry) > margin {
+		return t
+	}
+	return nil
 }
