@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"tailscale.com/tsnet"
@@ -60,6 +61,9 @@ type Sandbox struct {
 	StateDir    string
 	AdminSocket string
 	removeState bool
+
+	closeOnce sync.Once
+	closeErr  error
 }
 
 // Start brings the sandbox up. On error everything started is stopped.
@@ -195,8 +199,14 @@ func quote(s string) string {
 	return s
 }
 
-// Close stops everything, in reverse order.
+// Close stops everything, in reverse order. Calling it again returns what
+// the first call returned.
 func (s *Sandbox) Close() error {
+	s.closeOnce.Do(func() { s.closeErr = s.close() })
+	return s.closeErr
+}
+
+func (s *Sandbox) close() error {
 	var errs []error
 	for _, g := range []*tailnet.Gateway{s.TaggedGW, s.Gateway} {
 		if g != nil {

@@ -11,6 +11,7 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	"tailscale.com/tsnet"
@@ -48,6 +49,9 @@ type Gateway struct {
 	tr     *http.Transport
 	url    string
 	served chan error
+
+	closeOnce sync.Once
+	closeErr  error
 }
 
 // NewGateway starts a gateway listening on listenAddr (a loopback host:port,
@@ -124,15 +128,18 @@ func NewGateway(listenAddr string, via *tsnet.Server, target string) (*Gateway, 
 // URL returns the gateway's base URL, e.g. "http://127.0.0.1:40123".
 func (g *Gateway) URL() string { return g.url }
 
-// Close stops the gateway, dropping in-flight requests.
+// Close stops the gateway, dropping in-flight requests. Calling it again
+// returns what the first call returned.
 func (g *Gateway) Close() error {
-	err := g.srv.Close()
-	<-g.served
-	g.tr.CloseIdleConnections()
-	if err != nil {
-		return fmt.Errorf("tailnet: closing gateway: %w", err)
-	}
-	return nil
+	g.closeOnce.Do(func() {
+		err := g.srv.Close()
+		<-g.served
+		g.tr.CloseIdleConnections()
+		if err != nil {
+			g.closeErr = fmt.Errorf("tailnet: closing gateway: %w", err)
+		}
+	})
+	return g.closeErr
 }
 
 // stripIdentityHeaders removes request headers that some servers trust as

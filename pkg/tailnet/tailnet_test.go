@@ -375,3 +375,29 @@ func TestControlLoopbackOnly(t *testing.T) {
 		t.Fatal("StartControl on 0.0.0.0 succeeded")
 	}
 }
+
+// TestGatewayCloseTwice: a second Close returns (it used to wait forever
+// for the serve loop's result, which the first Close had taken).
+func TestGatewayCloseTwice(t *testing.T) {
+	g, err := tailnet.NewGateway("127.0.0.1:0", new(tsnet.Server), "http://idp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closeWithin(t, "first Close", g.Close)
+	closeWithin(t, "second Close", g.Close)
+}
+
+// closeWithin fails the test if close does not return nil within 5s.
+func closeWithin(t *testing.T, what string, close func() error) {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- close() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("%s: %v", what, err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("%s did not return within 5s", what)
+	}
+}
