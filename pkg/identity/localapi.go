@@ -34,7 +34,17 @@ type LocalAPI struct {
 	ready   chan struct{}
 	stop    context.CancelFunc
 	done    chan struct{}
+
+	// wait sleeps for d between reconnection attempts, returning false if
+	// ctx ended first. Tests replace it to record the backoff.
+	wait func(ctx context.Context, d time.Duration) bool
 }
+
+// Reconnection backoff of the IPN bus watcher.
+const (
+	watchBackoffMin = 50 * time.Millisecond
+	watchBackoffMax = 2 * time.Second
+)
 
 var (
 	_ Source  = (*LocalAPI)(nil)
@@ -44,6 +54,10 @@ var (
 // NewLocalAPI returns a Source using client and starts watching the backend
 // state. Call Close to stop watching.
 func NewLocalAPI(client *local.Client, rules Rules, logf func(string, ...any)) *LocalAPI {
+	return newLocalAPI(client, rules, logf, sleepCtx)
+}
+
+func newLocalAPI(client *local.Client, rules Rules, logf func(string, ...any), wait func(context.Context, time.Duration) bool) *LocalAPI {
 	if logf == nil {
 		logf = func(string, ...any) {}
 	}
@@ -57,6 +71,7 @@ func NewLocalAPI(client *local.Client, rules Rules, logf func(string, ...any)) *
 		ready:        make(chan struct{}),
 		stop:         cancel,
 		done:         make(chan struct{}),
+		wait:         wait,
 	}
 	go s.watch(ctx)
 	return s
@@ -147,37 +162,41 @@ func (s *LocalAPI) setState(st ipn.State, reason string) {
 // watch follows the IPN bus for state changes, reconnecting with bounded
 // backoff while tailscaled is unreachable. Any break in the stream marks the
 // backend unavailable until a fresh initial state arrives: fail closed.
+//
+// The backoff starts over after a watch that saw the Running state, so that
+// each tailscaled restart is followed by quick reconnects rather than by
+// the longest wait, which earlier outages had built up.
 func (s *LocalAPI) watch(ctx context.Context) {
 	defer close(s.done)
-	backoff := 50 * time.Millisecond
+	backoff := watchBackoffMin
 	for ctx.Err() == nil {
-		err := s.watchOnce(ctx)
+		sawRunning, err := s.watchOnce(ctx)
 		if ctx.Err() != nil {
 			return
 		}
 		s.setState(ipn.NoState, fmt.Sprintf("tailscaled unreachable: %v", err))
-		select {
-		case <-ctx.Done():
+		if sawRunning {
+			backoff = watchBackoffMin
+		}
+		if !s.wait(ctx, backoff) {
 			return
-		case <-time.After(backoff):
 		}
-		backoff = min(backoff*2, 2*time.Second)
-		if err == nil {
-			backoff = 50 * time.Millisecond
-		}
+		backoff = min(backoff*2, watchBackoffMax)
 	}
 }
 
-func (s *LocalAPI) watchOnce(ctx context.Context) error {
+// watchOnce follows one IPN bus stream until it breaks, and reports whether
+// the backend was seen Running on it. It always ends with an error.
+func (s *LocalAPI) watchOnce(ctx context.Context) (sawRunning bool, _ error) {
 	w, err := s.client.WatchIPNBus(ctx, ipn.NotifyInitialState)
 	if err != nil {
-		return err
+		return false, err
 	}
 	defer w.Close()
 	for {
 		n, err := w.Next()
 		if err != nil {
-			return err
+			return sawRunning, err
 		}
 		if n.State == nil {
 			continue
@@ -187,10 +206,23 @@ func (s *LocalAPI) watchOnce(ctx context.Context) error {
 			if err := s.learnTailnet(ctx); err != nil {
 				// Without our own tailnet we cannot tell sharees apart; stay
 				// unavailable rather than guess, and retry from scratch.
-				return fmt.Errorf("reading tailnet: %w", err)
+				return sawRunning, fmt.Errorf("reading tailnet: %w", err)
 			}
+			sawRunning = true
 		}
 		s.setState(st, "tailscaled state is "+st.String())
+	}
+}
+
+// sleepCtx sleeps for d and reports whether ctx is still live.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
 	}
 }
 
