@@ -24,6 +24,7 @@ import (
 	"tailscale.com/tailcfg"
 
 	"github.com/tsidp/tsidp/pkg/claims"
+	"github.com/tsidp/tsidp/pkg/policy"
 )
 
 // Rule is one capability value.
@@ -34,7 +35,8 @@ type Rule struct {
 	// Claims are extra claims for tokens the rule applies to.
 	Claims map[string]json.RawMessage `json:"claims"`
 	// MaxTTL caps the lifetime of tokens the rule applies to, as a Go
-	// duration ("15m").
+	// duration ("15m") of at least policy.MinTTL. A rule with any other
+	// value is refused whole.
 	MaxTTL string `json:"max_ttl"`
 }
 
@@ -76,19 +78,25 @@ func (e *Enricher) Enrich(_ context.Context, req *claims.Request) (*claims.Resul
 			e.logf("grants: %s: ignoring malformed rule for %s: %v", e.capability, req.Identity.Subject, err)
 			continue
 		}
+		var maxTTL time.Duration
+		if r.MaxTTL != "" {
+			// A rule is applied whole or not at all: without its cap, it
+			// could grant longer tokens than the policy author meant.
+			d, err := time.ParseDuration(r.MaxTTL)
+			if err != nil || d < policy.MinTTL {
+				e.logf("grants: %s: ignoring rule for %s: max_ttl %q is not a duration of at least %v", e.capability, req.Identity.Subject, r.MaxTTL, policy.MinTTL)
+				continue
+			}
+			maxTTL = d
+		}
 		if len(r.Audiences) > 0 && !slices.Contains(r.Audiences, req.Audience) {
 			continue
 		}
 		if len(r.Audiences) > 0 {
 			res.Audiences = append(res.Audiences, req.Audience)
 		}
-		if r.MaxTTL != "" {
-			d, err := time.ParseDuration(r.MaxTTL)
-			if err != nil || d <= 0 {
-				e.logf("grants: %s: ignoring bad max_ttl %q", e.capability, r.MaxTTL)
-			} else if res.MaxTTL == 0 || d < res.MaxTTL {
-				res.MaxTTL = d
-			}
+		if maxTTL > 0 && (res.MaxTTL == 0 || maxTTL < res.MaxTTL) {
+			res.MaxTTL = maxTTL
 		}
 		names := make([]string, 0, len(r.Claims))
 		for name := range r.Claims {

@@ -76,6 +76,54 @@ func TestMaxTTLTakesTheSmallest(t *testing.T) {
 	}
 }
 
+// TestBadMaxTTLRefusesRule: a rule whose max_ttl is not a duration of at
+// least policy.MinTTL is refused whole and logged, like a malformed rule. A
+// cap below the minimum used to pass through and yield tokens with exp ==
+// iat; and a rule whose cap is ignored must not still open its audiences.
+func TestBadMaxTTLRefusesRule(t *testing.T) {
+	tests := []struct {
+		maxTTL string
+		ok     bool
+	}{
+		{"10s", true},
+		{"1h", true},
+		{"9s", false},
+		{"500ms", false},
+		{"0s", false},
+		{"-1m", false},
+		{"forever", false},
+	}
+	for _, tt := range tests {
+		rule := `{"audiences":["api"],"claims":{"role":"admin"},"max_ttl":"` + tt.maxTTL + `"}`
+		res, logs := enrich(t, "api", rule, `{"claims":{"team":"blue"}}`)
+		m := claimMap(res)
+		if tt.ok {
+			if len(res.Audiences) != 1 || m["role"] != `"admin"` || res.MaxTTL != mustDuration(t, tt.maxTTL) || len(logs) != 0 {
+				t.Errorf("max_ttl %q: result %+v, logs %v; want the rule applied", tt.maxTTL, res, logs)
+			}
+			continue
+		}
+		if len(res.Audiences) != 0 || m["role"] != "" || res.MaxTTL != 0 {
+			t.Errorf("max_ttl %q: audiences %v, claims %v, MaxTTL %v; want the rule refused whole", tt.maxTTL, res.Audiences, m, res.MaxTTL)
+		}
+		if m["team"] != `"blue"` {
+			t.Errorf("max_ttl %q: the other rule was not applied: %v", tt.maxTTL, m)
+		}
+		if len(logs) != 1 || !strings.Contains(logs[0], "ignoring rule") {
+			t.Errorf("max_ttl %q: logs = %v, want one line about the ignored rule", tt.maxTTL, logs)
+		}
+	}
+}
+
+func mustDuration(t *testing.T, s string) time.Duration {
+	t.Helper()
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
 func TestReservedAndMalformedRefused(t *testing.T) {
 	res, logs := enrich(t, "api",
 		`{"claims":{"sub":"user:0","email":"evil@example.com","groups":["eng"]}}`,

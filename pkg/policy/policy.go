@@ -126,10 +126,18 @@ func (a *Audience) UsesGroups() bool {
 // ErrBadTTL is returned by TTLFor for a requested lifetime below MinTTL.
 var ErrBadTTL = errors.New("ttl must be at least 10s")
 
+// ErrCappedBelowMin is returned by TTLFor when limit is below MinTTL: no
+// token is issued rather than one that expires as it is issued.
+var ErrCappedBelowMin = errors.New("the token lifetime was capped below the minimum of 10s")
+
 // TTLFor returns the lifetime of a token: requested (zero for the default),
 // clamped to the audience's maximum and to limit (if non-zero; enrichers may
-// lower it). The result is what the token's exp and expires_in say.
+// lower it). The result is what the token's exp and expires_in say, and is
+// never below MinTTL.
 func (a *Audience) TTLFor(requested, limit time.Duration) (time.Duration, error) {
+	if limit > 0 && limit < MinTTL {
+		return 0, ErrCappedBelowMin
+	}
 	ttl := a.TTL
 	if requested != 0 {
 		if requested < MinTTL {

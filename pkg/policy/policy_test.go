@@ -142,6 +142,10 @@ func TestTTLFor(t *testing.T) {
 		{0, 5 * time.Minute, 5 * time.Minute, nil},
 		{time.Hour, 10 * time.Minute, 10 * time.Minute, nil},
 		{time.Second, 0, 0, ErrBadTTL},
+		{0, MinTTL, MinTTL, nil},
+		{0, MinTTL - time.Nanosecond, 0, ErrCappedBelowMin},
+		{0, time.Second, 0, ErrCappedBelowMin},
+		{time.Hour, time.Second, 0, ErrCappedBelowMin},
 	}
 	for _, tt := range tests {
 		got, err := a.TTLFor(tt.req, tt.limit)

@@ -229,7 +229,11 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request) (claims.Token
 			fmt.Sprintf("%s may not get tokens for audience %q", describe(id), aud.Name)}
 	}
 	ttl, err := aud.TTLFor(req.ttl, limit)
-	if err != nil {
+	switch {
+	case errors.Is(err, policy.ErrCappedBelowMin):
+		// enrich refuses such caps first; this is the backstop.
+		return claims.Token{}, "", &oauthError{http.StatusForbidden, "access_denied", err.Error()}
+	case err != nil:
 		return claims.Token{}, "", badRequest(err.Error())
 	}
 	now := s.cfg.Now()
@@ -284,6 +288,13 @@ func (s *Server) enrich(r *http.Request, id *identity.Identity, aud *policy.Audi
 		extra = claims.Merge(extra, valid)
 		if contains(res.Audiences, aud.Name) {
 			granted = true
+		}
+		if res.MaxTTL > 0 && res.MaxTTL < policy.MinTTL {
+			// Fail closed: a token that expires as it is issued is no
+			// token, and a longer one than the cap is not allowed.
+			s.refusalLogf("token: refused sub=%s aud=%q: %s capped the lifetime at %v, below the minimum %v", id.Subject, aud.Name, e.Name(), res.MaxTTL, policy.MinTTL)
+			return nil, false, 0, &oauthError{http.StatusForbidden, "access_denied",
+				fmt.Sprintf("the token lifetime was capped below the minimum of %v by %s", policy.MinTTL, e.Name())}
 		}
 		if res.MaxTTL > 0 && (limit == 0 || res.MaxTTL < limit) {
 			limit = res.MaxTTL
