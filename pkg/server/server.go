@@ -288,7 +288,10 @@ func (s *Server) metadata() (discovery, oauth []byte, err error) {
 			"tailnet", "node", "node_id", "tagged", "tags",
 		},
 	}
-	oauthDoc := map[string]any{"token_endpoint_auth_signing_alg_values_supported": algs}
+	// No token_endpoint_auth_signing_alg_values_supported: it describes
+	// private_key_jwt and client_secret_jwt client authentication, and the
+	// only method here is "none" (the tailnet connection is the credential).
+	oauthDoc := map[string]any{}
 	for k, v := range common {
 		oidc[k] = v
 		oauthDoc[k] = v
