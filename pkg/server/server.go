@@ -134,13 +134,25 @@ func New(cfg Config) (*Server, error) {
 	}
 	r := chi.NewRouter()
 	r.Use(securityHeaders)
-	r.Get("/.well-known/openid-configuration", s.serveStatic(s.discovery))
-	r.Get("/.well-known/oauth-authorization-server", s.serveStatic(s.oauthMeta))
-	r.Get("/.well-known/jwks.json", s.serveJWKS)
-	r.Post("/token", s.serveToken)
-	r.Get("/healthz", s.serveHealthz)
-	r.Get("/readyz", s.serveReadyz)
+	// allowed is each path's methods, for the Allow header of a 405
+	// (RFC 9110 §15.5.6). Every GET endpoint also answers HEAD.
+	allowed := map[string]string{}
+	route := func(path string, h http.HandlerFunc, methods ...string) {
+		for _, m := range methods {
+			r.Method(m, path, h)
+		}
+		allowed[path] = strings.Join(methods, ", ")
+	}
+	route("/.well-known/openid-configuration", s.serveStatic(s.discovery), http.MethodGet, http.MethodHead)
+	route("/.well-known/oauth-authorization-server", s.serveStatic(s.oauthMeta), http.MethodGet, http.MethodHead)
+	route("/.well-known/jwks.json", s.serveJWKS, http.MethodGet, http.MethodHead)
+	route("/token", s.serveToken, http.MethodPost)
+	route("/healthz", s.serveHealthz, http.MethodGet, http.MethodHead)
+	route("/readyz", s.serveReadyz, http.MethodGet, http.MethodHead)
 	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
+		if a := allowed[r.URL.Path]; a != "" {
+			w.Header().Set("Allow", a)
+		}
 		writeError(w, http.StatusMethodNotAllowed, "invalid_request", "method "+r.Method+" is not allowed here")
 	})
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
