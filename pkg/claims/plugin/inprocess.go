@@ -26,6 +26,9 @@ type Register func(grpc.ServiceRegistrar)
 type inProcessLauncher struct {
 	register   Register
 	configJSON []byte
+	// startTimeout bounds Describe and Configure, as for external
+	// plugins: a built-in that hangs there must not block Start forever.
+	startTimeout time.Duration
 }
 
 func (l *inProcessLauncher) launch(ctx context.Context) (*instance, error) {
@@ -57,7 +60,9 @@ func (l *inProcessLauncher) launch(ctx context.Context) (*instance, error) {
 			})
 		},
 	}
-	if err := handshake(ctx, conn, l.configJSON, inst); err != nil {
+	hctx, cancel := context.WithTimeout(ctx, l.startTimeout)
+	defer cancel()
+	if err := handshake(hctx, conn, l.configJSON, inst); err != nil {
 		inst.stop(false)
 		return nil, err
 	}

@@ -127,7 +127,7 @@ func New(cfgs []Config, opts Options) (*Manager, error) {
 			if !ok {
 				return nil, fmt.Errorf("plugin %q: no built-in plugin %q", cfg.Name, cfg.Builtin)
 			}
-			l = &inProcessLauncher{register: reg, configJSON: configJSON}
+			l = &inProcessLauncher{register: reg, configJSON: configJSON, startTimeout: m.opts.StartTimeout}
 		} else {
 			sum, _ := hex.DecodeString(cfg.SHA256) // checked by Validate
 			l = &processLauncher{cfg: &cfg, configJSON: configJSON, sum: sum, opts: &m.opts}

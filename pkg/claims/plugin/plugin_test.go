@@ -965,6 +965,53 @@ func TestBuiltin(t *testing.T) {
 	}
 }
 
+// hangingConfigure is a built-in plugin whose Configure never returns
+// (until release is closed), ignoring its deadline.
+type hangingConfigure struct {
+	benchPlugin
+	release chan struct{}
+}
+
+func (h hangingConfigure) Configure(context.Context, json.RawMessage) error {
+	<-h.release
+	return nil
+}
+
+// TestBuiltinStartTimeout shows that a built-in plugin hanging in its
+// handshake fails Start after StartTimeout, as an external one would.
+func TestBuiltinStartTimeout(t *testing.T) {
+	h := hangingConfigure{release: make(chan struct{})}
+	var releaseOnce sync.Once
+	release := func() { releaseOnce.Do(func() { close(h.release) }) }
+	defer release()
+	m, err := New([]Config{{Builtin: "hang"}}, Options{
+		StartTimeout: 300 * time.Millisecond,
+		Builtins:     map[string]Register{"hang": func(s grpc.ServiceRegistrar) { sdk.RegisterServer(s, h) }},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	errc := make(chan error, 1)
+	start := time.Now()
+	go func() { errc <- m.Start(ctx) }()
+	select {
+	case err = <-errc:
+	case <-time.After(5 * time.Second):
+		// Unblock Start (and so Close, which waits for it) to fail
+		// rather than hang.
+		release()
+		err = <-errc
+		t.Errorf("Start still blocked after 5s by a built-in hanging in Configure")
+	}
+	m.Close()
+	if err == nil || !strings.Contains(err.Error(), "configure") || !strings.Contains(err.Error(), "DeadlineExceeded") {
+		t.Errorf("Start = %v, want a configure deadline error", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("Start took %v with a 300ms StartTimeout", d)
+	}
+}
+
 // BenchmarkEnrich measures the per-call cost of a plugin as tsidp sees it:
 // a cached answer, a call to a plugin process (gRPC over a unix socket with
 // mTLS), and a call to a built-in plugin over an in-memory connection.
