@@ -132,15 +132,15 @@ func TestPluginAndGrantClaimsInVerifiedTokens(t *testing.T) {
 	}
 	var ready struct {
 		Checks []struct {
-			Name string
-			OK   bool
+			Name   string
+			Status string
 		}
 	}
 	json.NewDecoder(res.Body).Decode(&ready)
 	res.Body.Close()
 	found := false
 	for _, ch := range ready.Checks {
-		if ch.Name == "plugins" && ch.OK {
+		if ch.Name == "plugins" && ch.Status == "ok" {
 			found = true
 		}
 	}

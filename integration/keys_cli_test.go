@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
@@ -21,6 +22,8 @@ import (
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
+
+	"github.com/tsidp/tsidp/pkg/admin"
 )
 
 // thumbprint is the RFC 7638 kid of a public key.
@@ -310,8 +313,15 @@ func TestKeyFileDeletedWhileRunning(t *testing.T) {
 	if rd.code != 200 {
 		t.Errorf("/readyz with the key file gone: %d", rd.code)
 	}
-	if !strings.Contains(fmt.Sprint(rd.Checks), "the key store is empty") {
-		t.Errorf("store check: %+v", rd.Checks)
+	if !strings.Contains(fmt.Sprint(rd.Checks), "{store degraded ") || strings.Contains(fmt.Sprint(rd.Checks), "keyset.json") {
+		t.Errorf("store check: %+v; want degraded, without internal detail", rd.Checks)
+	}
+	// The detail is in the admin status, for the operator.
+	actx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	st, err := admin.NewClient(state+"/admin.sock").Status(actx)
+	cancel()
+	if err != nil || !strings.Contains(st.Store, "the key store is empty") {
+		t.Errorf("admin status store = %q, %v; want why", st.Store, err)
 	}
 	status, after, _ := postToken(t, hc, iss, url.Values{"audience": {"es"}})
 	if status != 200 || kidOf(t, after.AccessToken) != kidOf(t, before.AccessToken) {

@@ -148,11 +148,14 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 	if cfg.Grants.Capability != "" {
 		enrichers = append(enrichers, grants.New(cfg.Grants.Capability, logf))
 	}
+	// The reasons are what /readyz shows; the errors are logged when a
+	// check's status changes, and the admin status reports them.
 	checks := []server.Check{
-		{Name: "keys", Check: d.keysReady},
+		{Name: "keys", Check: d.keysReady, Reason: "no active signing key"},
 		// An unreachable store degrades but does not fail readiness: the
 		// keys in memory keep signing (docs/keys.md, "etcd unreachable").
-		{Name: "store", Check: d.stores.check, Degrades: true},
+		{Name: "store", Check: d.stores.check, Degrades: true,
+			Reason: "key store unreachable or out of date; signing with the keys in memory"},
 	}
 	if len(cfg.Plugins) > 0 {
 		d.plugins, err = plugin.New(cfg.Plugins, plugin.Options{Logf: logf, Builtins: opts.Builtins})
@@ -164,7 +167,8 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 			return nil, fmt.Errorf("tsidp: %w", err)
 		}
 		enrichers = append(enrichers, d.plugins.Enrichers()...)
-		checks = append(checks, server.Check{Name: "plugins", Check: d.plugins.Ready})
+		checks = append(checks, server.Check{Name: "plugins", Check: d.plugins.Ready,
+			Reason: "a required claims plugin is not serving"})
 	}
 
 	algs := make([]string, 0, len(kp.Algorithms))
