@@ -318,7 +318,7 @@ func TestKeyFileDeletedWhileRunning(t *testing.T) {
 	}
 	// The detail is in the admin status, for the operator.
 	actx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	st, err := admin.NewClient(state+"/admin.sock").Status(actx)
+	st, err := admin.NewClient(state + "/admin.sock").Status(actx)
 	cancel()
 	if err != nil || !strings.Contains(st.Store, "the key store is empty") {
 		t.Errorf("admin status store = %q, %v; want why", st.Store, err)
