@@ -155,7 +155,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 		// An unreachable store degrades but does not fail readiness: the
 		// keys in memory keep signing (docs/keys.md, "etcd unreachable").
 		{Name: "store", Check: d.stores.check, Degrades: true,
-			Reason: "key store unreachable or out of date; signing with the keys in memory"},
+			Reason: "key store unreachable, or holding a key set this replica will not use; signing with the keys in memory"},
 	}
 	if len(cfg.Plugins) > 0 {
 		d.plugins, err = plugin.New(cfg.Plugins, plugin.Options{Logf: logf, Builtins: opts.Builtins})
