@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -170,7 +171,10 @@ func Load(path string) (*Config, error) {
 	return c, nil
 }
 
-var unknownField = regexp.MustCompile(`line (\d+): field (\S+) not found in type (\S+)`)
+var (
+	unknownField = regexp.MustCompile(`line (\d+): field (\S+) not found in type (\S+)`)
+	notDuration  = regexp.MustCompile("line (\\d+): cannot unmarshal !!\\w+ `(.*)` into time.Duration")
+)
 
 // Parse decodes YAML (or JSON, a subset of it) strictly into c.
 func Parse(b []byte, c *Config) error {
@@ -185,6 +189,9 @@ func Parse(b []byte, c *Config) error {
 			msg := te.Errors[0]
 			if m := unknownField.FindStringSubmatch(msg); m != nil {
 				return fmt.Errorf("line %s: unknown key %q (in %s)", m[1], m[2], sectionOf(m[3]))
+			}
+			if m := notDuration.FindStringSubmatch(msg); m != nil {
+				return fmt.Errorf("line %s: %s is not a duration: write it with a unit, like 90s, 15m or 720h", m[1], m[2])
 			}
 			return errors.New(strings.TrimPrefix(msg, "yaml: "))
 		}
@@ -281,7 +288,7 @@ func (c *Config) KeyPolicy() (keys.Policy, error) {
 	for _, a := range c.Keys.Algorithms {
 		alg, err := keys.ParseAlgorithm(a)
 		if err != nil {
-			return keys.Policy{}, fmt.Errorf("keys.algorithms: %w", err)
+			return keys.Policy{}, fmt.Errorf("keys.algorithms: %s", strings.TrimPrefix(err.Error(), "keys: "))
 		}
 		p.Algorithms = append(p.Algorithms, alg)
 	}
@@ -327,6 +334,11 @@ func (c *Config) Validate() error {
 			return errors.New("config: issuer is required with backend tailscale (the URL verifiers reach tsidp at)")
 		}
 	case "tsnet":
+		// --listen sets both; a top-level listen of its own would be
+		// silently unused.
+		if len(c.Listen) > 0 && !slices.Equal(c.Listen, c.TSNet.Listen) {
+			return fmt.Errorf("config: listen applies to backend tailscale; with backend tsnet set tsnet.listen (tailnet addresses, default \":80\")")
+		}
 		if err := c.TSNet.Validate(); err != nil {
 			return fmt.Errorf("config: %w", err)
 		}

@@ -54,6 +54,7 @@ func TestUnknownKeysAreErrors(t *testing.T) {
 		{"tsnet:\n  authkey: x\n", `unknown key "authkey" (in tsnet)`},
 		{"identity:\n  allow_sharee: true\n", `unknown key "allow_sharee" (in identity)`},
 		{"tokens:\n  default_ttl: soon\n", "soon"},
+		{"keys:\n  rotation_period: 15\n", "line 2: 15 is not a duration: write it with a unit, like 90s, 15m or 720h"},
 		{"issuer: x\n---\nissuer: y\n", "more than one"},
 	}
 	for _, tt := range tests {
@@ -106,7 +107,9 @@ func TestValidate(t *testing.T) {
 		{"bad listen", func(c *Config) { c.Listen = []string{"8080"} }, "listen"},
 		{"rotation shorter than jwks max age", func(c *Config) { c.Keys.RotationPeriod = dur(30 * time.Minute) }, "rotation_period"},
 		{"rotation disabled", func(c *Config) { c.Keys.RotationPeriod = dur(0) }, ""},
-		{"bad algorithm", func(c *Config) { c.Keys.Algorithms = []string{"HS256"} }, "HS256"},
+		{"bad algorithm", func(c *Config) { c.Keys.Algorithms = []string{"HS256"} }, `config: keys.algorithms: unknown algorithm "HS256"`},
+		{"listen with tsnet", func(c *Config) { c.Backend = "tsnet"; c.Listen = []string{"127.0.0.1:9"} }, "listen applies to backend tailscale; with backend tsnet set tsnet.listen"},
+		{"--listen with tsnet", func(c *Config) { c.Backend = "tsnet"; c.Listen = []string{":8080"}; c.TSNet.Listen = []string{":8080"} }, ""},
 		{"audience alg not in keys", func(c *Config) {
 			c.Keys.Algorithms = []string{"ES256"}
 			c.Tokens.Algorithm = "RS256"
