@@ -27,13 +27,15 @@ type LocalAPI struct {
 	// WhoIsTimeout bounds one WhoIs call.
 	whoisTimeout time.Duration
 
-	mu      sync.Mutex
-	state   ipn.State // last known backend state; NoState when unknown
-	reason  string    // why we are not Running, for errors and /readyz
-	tailnet string    // our own tailnet's MagicDNS suffix, once known
-	ready   chan struct{}
-	stop    context.CancelFunc
-	done    chan struct{}
+	mu     sync.Mutex
+	state  ipn.State // last known backend state; NoState when unknown
+	reason string    // why we are not Running, for errors and /readyz
+	// downLogged: the current not-Running spell has been logged.
+	downLogged bool
+	tailnet    string // our own tailnet's MagicDNS suffix, once known
+	ready      chan struct{}
+	stop       context.CancelFunc
+	done       chan struct{}
 
 	// wait sleeps for d between reconnection attempts, returning false if
 	// ctx ended first. Tests replace it to record the backoff.
@@ -142,12 +144,15 @@ func (s *LocalAPI) notRunningReason() string {
 func (s *LocalAPI) setState(st ipn.State, reason string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if st != s.state {
+	// Log transitions, and the first failure too: tsidp starts in NoState,
+	// and a tailscaled unreachable from the start must not go unsaid.
+	if st != s.state || (st != ipn.Running && !s.downLogged) {
 		if st == ipn.Running {
 			s.logf("identity: tailscaled is Running")
 		} else {
-			s.logf("identity: tailscaled not usable: %s", reason)
+			s.logf("identity: tailscaled not usable (answering 503 until it is): %s", reason)
 		}
+		s.downLogged = st != ipn.Running
 	}
 	s.state, s.reason = st, reason
 	if st == ipn.Running {

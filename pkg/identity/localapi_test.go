@@ -3,10 +3,12 @@ package identity
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -92,5 +94,45 @@ func TestWatchBackoffResetsAfterRunning(t *testing.T) {
 	defer mu.Unlock()
 	if !slices.Equal(waits, want) {
 		t.Errorf("waits between watches = %v, want %v", waits, want)
+	}
+}
+
+// TestUnreachableAtStartIsLogged: tsidp started without a reachable
+// tailscaled says so once in its log, not only in answers to requests, and
+// does not repeat it on every reconnection attempt.
+func TestUnreachableAtStartIsLogged(t *testing.T) {
+	var mu sync.Mutex
+	var lines []string
+	attempts := make(chan struct{}, 100)
+	lc := &local.Client{Socket: t.TempDir() + "/no-tailscaled.sock", UseSocketOnly: true}
+	s := newLocalAPI(lc, Rules{}, func(format string, args ...any) {
+		mu.Lock()
+		defer mu.Unlock()
+		lines = append(lines, fmt.Sprintf(format, args...))
+	}, func(ctx context.Context, d time.Duration) bool {
+		select {
+		case attempts <- struct{}{}:
+		default:
+		}
+		return ctx.Err() == nil
+	})
+	defer s.Close()
+	for range 5 {
+		select {
+		case <-attempts:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the watcher did not retry within 10s")
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	var down int
+	for _, l := range lines {
+		if strings.Contains(l, "tailscaled not usable (answering 503 until it is): tailscaled unreachable") {
+			down++
+		}
+	}
+	if down != 1 {
+		t.Errorf("after 5 failed attempts, %d log lines say tailscaled is unreachable, want 1:\n%s", down, strings.Join(lines, "\n"))
 	}
 }
