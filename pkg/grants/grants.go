@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"tailscale.com/tailcfg"
+	"tailscale.com/types/logger"
 
 	"github.com/tsidp/tsidp/pkg/claims"
 	"github.com/tsidp/tsidp/pkg/policy"
@@ -48,12 +49,14 @@ type Enricher struct {
 
 var _ claims.Enricher = (*Enricher)(nil)
 
-// New returns an enricher reading capability name capName.
+// New returns an enricher reading capability name capName. Its log lines
+// are rate limited: a bad rule in the policy file is seen on every request
+// of the callers it applies to.
 func New(capName string, logf func(string, ...any)) *Enricher {
 	if logf == nil {
 		logf = func(string, ...any) {}
 	}
-	return &Enricher{capability: tailcfg.PeerCapability(capName), logf: logf}
+	return &Enricher{capability: tailcfg.PeerCapability(capName), logf: logger.RateLimitedFn(logf, time.Minute, 10, 100)}
 }
 
 // Name implements claims.Enricher.

@@ -3,6 +3,7 @@ package grants
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -156,5 +157,21 @@ func TestDeterministicMerge(t *testing.T) {
 	}
 	if m := claimMap(r1); m["groups"] != `["a","b"]` || !strings.Contains(m["level"], "2") {
 		t.Errorf("merged = %v", m)
+	}
+}
+
+// TestLogsAreBounded: a malformed rule is logged on the first requests,
+// not on every one (it is in the policy file until someone fixes it).
+func TestLogsAreBounded(t *testing.T) {
+	var logs []string
+	e := New(capName, func(f string, a ...any) { logs = append(logs, fmt.Sprintf(f, a...)) })
+	id := &identity.Identity{Subject: "user:1", Caps: tailcfg.PeerCapMap{capName: {`{"audience":["api"]}`}}}
+	for range 1000 {
+		if _, err := e.Enrich(context.Background(), &claims.Request{Identity: id, Audience: "api"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(logs) == 0 || len(logs) > 12 || !strings.Contains(logs[0], "ignoring malformed rule") {
+		t.Errorf("1000 requests with a malformed rule logged %d lines, want a handful:\n%s", len(logs), strings.Join(logs, "\n"))
 	}
 }
