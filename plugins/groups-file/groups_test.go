@@ -163,6 +163,13 @@ func TestReloadWaitsForWriter(t *testing.T) {
 		t.Fatalf("the half-written file should parse and widen eng: %v", err)
 	}
 
+	// The writer pauses 120ms: well within a settle delay widened from
+	// 250ms, so that a CPU-starved CI machine stretching the pause does
+	// not make the half-written file look settled.
+	old := settleDelay
+	settleDelay = 600 * time.Millisecond
+	t.Cleanup(func() { settleDelay = old })
+
 	file := filepath.Join(t.TempDir(), "groups.yaml")
 	writeAtomic(t, file, "groups:\n  eng:\n    - ops@example.com\n")
 	p := sdktest.Start(t, &groupsPlugin{}, map[string]any{"file": file, "poll_interval": "20ms"})

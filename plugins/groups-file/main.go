@@ -134,7 +134,8 @@ func (p *groupsPlugin) watchEvents() <-chan fsnotify.Event {
 // settleDelay is how long a changed file must stay the same before it is
 // loaded. It is longer than the event debounce, so that a writer pausing
 // between two writes for longer than the debounce is not loaded half-way.
-const settleDelay = 250 * time.Millisecond
+// (A variable for tests only.)
+var settleDelay = 250 * time.Millisecond
 
 // maxSettleAttempts bounds the attempts at the first load of a file that
 // keeps changing.
