@@ -79,6 +79,18 @@ type Enricher interface {
 	Enrich(ctx context.Context, req *Request) (*Result, error)
 }
 
+// AudienceGranter is implemented by enrichers whose results may grant
+// audiences (Result.Audiences), such as tailnet grants; no other enricher's
+// Audiences are honoured. A caller that no allow rule admits, for an audience
+// whose rules do not depend on groups, can only get a token through one of
+// them, so the server asks only them before refusing: other enrichers
+// (plugins doing directory lookups) never see callers that will be refused.
+type AudienceGranter interface {
+	Enricher
+	// GrantsAudiences marks the enricher; it does nothing.
+	GrantsAudiences()
+}
+
 // Validate checks a claim an enricher returned: a legal, non-reserved name and
 // a bounded, syntactically valid JSON value. Both must be valid UTF-8: the
 // value is copied verbatim into the token, and strict verifiers (RFC 8259

@@ -47,7 +47,10 @@ type Enricher struct {
 	logf       func(string, ...any)
 }
 
-var _ claims.Enricher = (*Enricher)(nil)
+var _ claims.AudienceGranter = (*Enricher)(nil)
+
+// GrantsAudiences implements claims.AudienceGranter.
+func (e *Enricher) GrantsAudiences() {}
 
 // New returns an enricher reading capability name capName. Its log lines
 // are rate limited: a bad rule in the policy file is seen on every request

@@ -219,6 +219,14 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request) (claims.Token
 		}
 	}
 
+	// Refuse before asking plugins when nothing they say could change the
+	// answer: they would see (and look up) callers who get no token, and a
+	// plugin that is down would turn this 403 into a 503.
+	if !aud.UsesGroups() && !aud.Allows(id, nil) && !s.mayBeGranted(r, id, aud, req.scopes) {
+		s.refusalLogf("token: refused sub=%s node=%s aud=%q: no allow rule matches", id.Subject, id.NodeName, aud.Name)
+		return claims.Token{}, "", &oauthError{http.StatusForbidden, "access_denied",
+			fmt.Sprintf("%s may not get tokens for audience %q", describe(id), aud.Name)}
+	}
 	extra, granted, limit, oerr := s.enrich(r, id, aud, req.scopes)
 	if oerr != nil {
 		return claims.Token{}, "", oerr
@@ -249,6 +257,25 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request) (claims.Token
 		Identity:  id,
 		Extra:     extra,
 	}, keys.Algorithm(aud.Algorithm), nil
+}
+
+// mayBeGranted reports whether an AudienceGranter (tailnet grants) grants
+// id the audience. enrich asks them again, with the others, when it does;
+// they answer from memory. A granter that fails grants nothing.
+func (s *Server) mayBeGranted(r *http.Request, id *identity.Identity, aud *policy.Audience, scopes []string) bool {
+	var req *claims.Request
+	for _, e := range s.cfg.Enrichers {
+		if _, ok := e.(claims.AudienceGranter); !ok {
+			continue
+		}
+		if req == nil {
+			req = &claims.Request{Identity: id, Audience: aud.Name, Scopes: scopes}
+		}
+		if res, err := e.Enrich(r.Context(), req); err == nil && res != nil && !res.Deny && contains(res.Audiences, aud.Name) {
+			return true
+		}
+	}
+	return false
 }
 
 // enrich asks every enricher in order and merges their claims. Any enricher
@@ -286,7 +313,7 @@ func (s *Server) enrich(r *http.Request, id *identity.Identity, aud *policy.Audi
 			valid = append(valid, c)
 		}
 		extra = claims.Merge(extra, valid)
-		if contains(res.Audiences, aud.Name) {
+		if _, ok := e.(claims.AudienceGranter); ok && contains(res.Audiences, aud.Name) {
 			granted = true
 		}
 		if res.MaxTTL > 0 && res.MaxTTL < policy.MinTTL {
