@@ -38,26 +38,12 @@ the key store directly, under its lock. Use the same --config/--state-dir/--stor
 					if err := noArgs(c); err != nil {
 						return err
 					}
-					ops, err := openKeyOps(c, false)
-					if err != nil {
-						return err
-					}
-					defer ops.Close()
-					before, _, err := ops.List(c.Context)
-					if err != nil {
-						return err
-					}
-					after, err := ops.Init(c.Context)
-					if err != nil {
-						return err
-					}
-					if len(before) > 0 {
-						fmt.Fprintln(c.App.Writer, "a key set exists already; added only what the configuration lacked")
-					}
-					for _, line := range activeChanges(before, after) {
-						fmt.Fprintln(c.App.Writer, line)
-					}
-					return nil
+					return changeKeys(c, false, func(ops keyOps, before []keys.KeyInfo) ([]keys.KeyInfo, error) {
+						if len(before) > 0 {
+							fmt.Fprintln(c.App.Writer, "a key set exists already; added only what the configuration lacked")
+						}
+						return ops.Init(c.Context)
+					})
 				},
 			},
 			{
@@ -107,23 +93,9 @@ the key store directly, under its lock. Use the same --config/--state-dir/--stor
 						}
 						algs = append(algs, a)
 					}
-					ops, err := openKeyOps(c, true)
-					if err != nil {
-						return err
-					}
-					defer ops.Close()
-					before, _, err := ops.List(c.Context)
-					if err != nil {
-						return err
-					}
-					after, err := ops.Rotate(c.Context, algs, c.Bool("force"))
-					if err != nil {
-						return err
-					}
-					for _, line := range activeChanges(before, after) {
-						fmt.Fprintln(c.App.Writer, line)
-					}
-					return nil
+					return changeKeys(c, true, func(ops keyOps, _ []keys.KeyInfo) ([]keys.KeyInfo, error) {
+						return ops.Rotate(c.Context, algs, c.Bool("force"))
+					})
 				},
 			},
 			{
@@ -136,28 +108,17 @@ the key store directly, under its lock. Use the same --config/--state-dir/--stor
 						return err
 					}
 					kid := c.Args().First()
-					ops, err := openKeyOps(c, true)
-					if err != nil {
-						return err
-					}
-					defer ops.Close()
-					before, _, err := ops.List(c.Context)
-					if err != nil {
-						return err
-					}
-					if i := slices.IndexFunc(before, func(k keys.KeyInfo) bool { return k.ID == kid }); i >= 0 && before[i].State == keys.StateRevoked {
-						fmt.Fprintf(c.App.Writer, "%s was already revoked: it is not in the JWKS\n", kid)
-						return nil
-					}
-					after, err := ops.Revoke(c.Context, kid)
-					if err != nil {
-						return err
-					}
-					fmt.Fprintf(c.App.Writer, "revoked %s: it is no longer in the JWKS\n", kid)
-					for _, line := range activeChanges(before, after) {
-						fmt.Fprintln(c.App.Writer, line)
-					}
-					return nil
+					return changeKeys(c, true, func(ops keyOps, before []keys.KeyInfo) ([]keys.KeyInfo, error) {
+						if i := slices.IndexFunc(before, func(k keys.KeyInfo) bool { return k.ID == kid }); i >= 0 && before[i].State == keys.StateRevoked {
+							fmt.Fprintf(c.App.Writer, "%s was already revoked: it is not in the JWKS\n", kid)
+							return nil, nil
+						}
+						after, err := ops.Revoke(c.Context, kid)
+						if err == nil {
+							fmt.Fprintf(c.App.Writer, "revoked %s: it is no longer in the JWKS\n", kid)
+						}
+						return after, err
+					})
 				},
 			},
 			{
@@ -284,6 +245,29 @@ func openKeyOps(c *cli.Context, mustExist bool) (keyOps, error) {
 		}
 	}
 	return &storeKeyOps{st: st, p: kp}, nil
+}
+
+// changeKeys runs change on the keys (through the daemon or the store) and
+// prints how the active keys changed. change may print lines of its own
+// first; it returns nil keys when it changed nothing.
+func changeKeys(c *cli.Context, mustExist bool, change func(ops keyOps, before []keys.KeyInfo) ([]keys.KeyInfo, error)) error {
+	ops, err := openKeyOps(c, mustExist)
+	if err != nil {
+		return err
+	}
+	defer ops.Close()
+	before, _, err := ops.List(c.Context)
+	if err != nil {
+		return err
+	}
+	after, err := change(ops, before)
+	if err != nil || after == nil {
+		return err
+	}
+	for _, line := range activeChanges(before, after) {
+		fmt.Fprintln(c.App.Writer, line)
+	}
+	return nil
 }
 
 // noArgs refuses positional arguments, most often flags written after one
