@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -168,4 +169,37 @@ func alive(pid int) bool {
 	s := string(b)
 	i := strings.LastIndexByte(s, ')')
 	return i >= 0 && i+2 < len(s) && s[i+2] != 'Z' && s[i+2] != 'X'
+}
+
+// stopProcess sends SIGSTOP to pid and waits until all its threads are
+// stopped. The kernel stops a process's threads one by one, once one of
+// them runs again and takes the signal: on a loaded machine the others can
+// answer a request in between, which a test of a hung plugin must not see.
+func stopProcess(t *testing.T, pid int) {
+	t.Helper()
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
+	stopped := func() bool {
+		tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", pid))
+		if err != nil || len(tasks) == 0 {
+			return false
+		}
+		for _, f := range tasks {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				return false
+			}
+			s := string(b)
+			i := strings.LastIndexByte(s, ')')
+			if i < 0 || i+2 >= len(s) || (s[i+2] != 'T' && s[i+2] != 't') {
+				return false
+			}
+		}
+		return true
+	}
+	if !waitFor(5*time.Second, stopped) {
+		t.Fatalf("process %d did not stop within 5s of SIGSTOP", pid)
+	}
 }

@@ -317,7 +317,7 @@ func TestStderrGarbage(t *testing.T) {
 	if _, err := e.Enrich(ctx, request("a")); err != nil {
 		t.Fatal(err)
 	}
-	if !waitFor(2*time.Second, func() bool {
+	if !waitFor(10*time.Second, func() bool {
 		return logs.contains("plugin test: 12345") && logs.contains("plugin test (stdio)", "12345")
 	}) {
 		t.Errorf(`{"@message":12345} not logged from both stderr and the stdio stream`)
@@ -510,10 +510,7 @@ func TestHungPlugin(t *testing.T) {
 	m, logs := startManager(t, Options{}, cfg)
 	p := m.Plugins()[0]
 	oldPID := p.Health().PID
-	if err := syscall.Kill(oldPID, syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { syscall.Kill(oldPID, syscall.SIGKILL) })
+	stopProcess(t, oldPID)
 	stoppedAt := time.Now()
 
 	start := time.Now()
@@ -524,7 +521,9 @@ func TestHungPlugin(t *testing.T) {
 	if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "DeadlineExceeded") {
 		t.Errorf("Enrich = %v, want a deadline error wrapping ErrUnavailable", err)
 	}
-	if !waitFor(5*time.Second, func() bool {
+	// Eventually, not a timing goal: the replacement time is measured in
+	// docs/performance.md; a loaded CI machine may take several seconds.
+	if !waitFor(15*time.Second, func() bool {
 		h := p.Health()
 		return h.Restarts == 1 && h.State == StateServing
 	}) {
@@ -575,7 +574,7 @@ func TestHungEnrichReplaced(t *testing.T) {
 		t.Fatalf("replaced before %d timeouts in a row: %+v", hangLimit, h)
 	}
 	call("hang")
-	if !waitFor(5*time.Second, func() bool {
+	if !waitFor(15*time.Second, func() bool {
 		h := p.Health()
 		return h.Restarts == 1 && h.State == StateServing
 	}) {
@@ -610,7 +609,7 @@ func TestFailedRestartWakesWaiters(t *testing.T) {
 	if _, err := p.Enrich(ctx, request("crash")); err == nil {
 		t.Fatal("crash: no error")
 	}
-	if !waitFor(3*time.Second, func() bool {
+	if !waitFor(10*time.Second, func() bool {
 		p.mu.Lock()
 		defer p.mu.Unlock()
 		return p.launching
@@ -796,7 +795,7 @@ func TestStaleSocketDirs(t *testing.T) {
 
 	p := m.Plugins()[0]
 	syscall.Kill(p.Health().PID, syscall.SIGKILL)
-	if !waitFor(3*time.Second, func() bool { return p.Health().Restarts == 1 && p.Health().State == StateServing }) {
+	if !waitFor(10*time.Second, func() bool { return p.Health().Restarts == 1 && p.Health().State == StateServing }) {
 		t.Fatal("not restarted")
 	}
 	after := listDir(t, own)
@@ -843,10 +842,9 @@ func TestShellWrapperKilledWithItsChild(t *testing.T) {
 	if pluginPID == shPID || parentPID(t, pluginPID) != shPID {
 		t.Fatalf("expected the plugin (%d) to be a child of the wrapper (%d)", pluginPID, shPID)
 	}
-	syscall.Kill(pluginPID, syscall.SIGSTOP)
-	t.Cleanup(func() { syscall.Kill(pluginPID, syscall.SIGKILL) })
+	stopProcess(t, pluginPID)
 	p.Enrich(ctx, request("b"))
-	if !waitFor(6*time.Second, func() bool { return p.Health().Restarts == 1 && p.Health().State == StateServing }) {
+	if !waitFor(15*time.Second, func() bool { return p.Health().Restarts == 1 && p.Health().State == StateServing }) {
 		t.Fatalf("hung wrapped plugin not replaced: %+v", p.Health())
 	}
 	if !waitFor(time.Second, func() bool { return !alive(pluginPID) && !alive(shPID) }) {
