@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -189,34 +190,48 @@ func writeErr(w http.ResponseWriter, status int, err error) {
 }
 
 // Listen opens the admin socket at path: mode 0600, parent directory 0700.
-// A stale socket left by a crashed daemon is replaced; a live one means
-// another daemon owns this state directory, which is an error.
+// It first takes an exclusive lock on path+".lock", held until the listener
+// is closed: a second daemon on the same state directory fails here, even if
+// the first one's socket is momentarily missing or too busy to answer, and a
+// socket left by a crashed daemon (which held no lock any more) is replaced.
+// Close removes the socket before it releases the lock, so that a daemon
+// stopping never removes its successor's socket.
 func Listen(path string) (net.Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("admin: %w", err)
 	}
+	lock, err := os.OpenFile(path+".lock", os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("admin: %w", err)
+	}
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		lock.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("admin: another tsidp is serving on %s (it holds %s.lock)", path, path)
+		}
+		return nil, fmt.Errorf("admin: locking %s.lock: %w", path, err)
+	}
 	if fi, err := os.Lstat(path); err == nil {
 		if fi.Mode()&os.ModeSocket == 0 {
+			lock.Close()
 			return nil, fmt.Errorf("admin: %s exists and is not a socket", path)
 		}
-		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-			c.Close()
-			return nil, fmt.Errorf("admin: another tsidp is serving on %s", path)
-		}
-		os.Remove(path)
+		os.Remove(path) // stale: its daemon no longer holds the lock
 	}
 	// Between Listen and Chmod the socket has the umask's mode; that window
 	// is harmless because every accepted connection's peer uid is checked.
 	// (Changing the process umask instead would race other file creation.)
 	ln, err := net.Listen("unix", path)
 	if err != nil {
+		lock.Close()
 		return nil, fmt.Errorf("admin: %w", err)
 	}
 	if err := os.Chmod(path, 0o600); err != nil {
 		ln.Close()
+		lock.Close()
 		return nil, fmt.Errorf("admin: %w", err)
 	}
-	return &peerCheckListener{UnixListener: ln.(*net.UnixListener), uid: os.Getuid()}, nil
+	return &peerCheckListener{UnixListener: ln.(*net.UnixListener), uid: os.Getuid(), lock: lock}, nil
 }
 
 // peerCheckListener drops connections whose peer is neither the daemon's
@@ -224,7 +239,21 @@ func Listen(path string) (net.Listener, error) {
 // even if someone loosens the mode.
 type peerCheckListener struct {
 	*net.UnixListener
-	uid int
+	uid  int
+	lock *os.File // flock held while listening
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Close closes the listener, which removes the socket, then releases the
+// lock.
+func (l *peerCheckListener) Close() error {
+	l.closeOnce.Do(func() {
+		l.closeErr = l.UnixListener.Close()
+		l.lock.Close()
+	})
+	return l.closeErr
 }
 
 // ErrPeerNotAllowed is the reason a connection was refused.

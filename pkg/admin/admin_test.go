@@ -59,6 +59,42 @@ func TestSocketMode(t *testing.T) {
 	}
 }
 
+// TestOneDaemonPerSocket: the lock, not an answer on the socket, decides
+// whether another daemon owns the state directory. A second daemon fails
+// even when the first one's socket is gone (or too busy to answer); once the
+// first closes, its socket is removed and a successor starts, and the first
+// closing again does not remove the successor's socket.
+func TestOneDaemonPerSocket(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "admin.sock")
+	first, err := Listen(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(sock)
+	if ln, err := Listen(sock); err == nil || !strings.Contains(err.Error(), "another tsidp is serving on "+sock) {
+		if ln != nil {
+			ln.Close()
+		}
+		t.Fatalf("second Listen while the first holds the lock: %v", err)
+	}
+	first.Close()
+	if _, err := os.Lstat(sock); !os.IsNotExist(err) {
+		t.Errorf("socket still there after Close: %v", err)
+	}
+	second, err := Listen(sock)
+	if err != nil {
+		t.Fatalf("Listen after the first closed: %v", err)
+	}
+	defer second.Close()
+	first.Close()
+	if _, err := os.Lstat(sock); err != nil {
+		t.Errorf("the first listener's second Close removed the successor's socket: %v", err)
+	}
+	if fi, err := os.Stat(sock + ".lock"); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("lock file: %v, %v", fi, err)
+	}
+}
+
 func TestStaleSocketReplaced(t *testing.T) {
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "a.sock")

@@ -199,7 +199,10 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 	if err != nil {
 		return nil, fmt.Errorf("tsidp: %w", err)
 	}
-	d.closers = append(d.closers, func() { os.Remove(cfg.Admin.Socket) })
+	// Closing removes the socket, then releases its lock (the HTTP server
+	// closes it too; closing twice is fine). Removing the path afterwards
+	// could remove a successor's socket.
+	d.closers = append(d.closers, func() { aln.Close() })
 	ah := admin.Handler(admin.Config{
 		Keys:    d.keys,
 		Version: opts.Version,
