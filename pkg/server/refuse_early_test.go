@@ -3,8 +3,6 @@ package server
 import (
 	"context"
 	"encoding/json"
-	"net/http/httptest"
-	"strings"
 	"sync/atomic"
 	"testing"
 
@@ -54,15 +52,7 @@ func TestRefusedBeforePlugins(t *testing.T) {
 		return id
 	}
 	post := func(id *identity.Identity, aud string, enrichers ...claims.Enricher) (int, map[string]any) {
-		s := newTestServer(t, &staticSource{id: id}, enrichers...)
-		req := httptest.NewRequest("POST", "/token", strings.NewReader("audience="+aud))
-		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-		req.RemoteAddr = "100.64.0.6:4242"
-		rec := httptest.NewRecorder()
-		s.Handler().ServeHTTP(rec, req)
-		var m map[string]any
-		json.Unmarshal(rec.Body.Bytes(), &m)
-		return rec.Code, m
+		return postAudience(newTestServer(t, &staticSource{id: id}, enrichers...), aud)
 	}
 	g := grants.New(capName, t.Logf)
 

@@ -190,17 +190,21 @@ func (g groupsEnricher) Enrich(context.Context, *claims.Request) (*claims.Result
 	return &claims.Result{Claims: g.claims, MaxTTL: 5 * time.Minute}, nil
 }
 
+// postAudience asks s for a token for aud, as a tailnet peer would, and
+// returns the status and the decoded JSON answer.
+func postAudience(s *Server, aud string) (int, map[string]any) {
+	req := httptest.NewRequest("POST", "/token", strings.NewReader("audience="+aud))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.RemoteAddr = "100.64.0.5:4242"
+	rec := httptest.NewRecorder()
+	s.Handler().ServeHTTP(rec, req)
+	var m map[string]any
+	json.Unmarshal(rec.Body.Bytes(), &m)
+	return rec.Code, m
+}
+
 func TestEnrichers(t *testing.T) {
-	post := func(s *Server, aud string) (int, map[string]any) {
-		req := httptest.NewRequest("POST", "/token", strings.NewReader("audience="+aud))
-		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-		req.RemoteAddr = "100.64.0.5:4242"
-		rec := httptest.NewRecorder()
-		s.Handler().ServeHTTP(rec, req)
-		var m map[string]any
-		json.Unmarshal(rec.Body.Bytes(), &m)
-		return rec.Code, m
-	}
+	post := postAudience
 	src := &staticSource{id: alice}
 
 	if code, m := post(newTestServer(t, src, denyEnricher{}), "api"); code != 403 || m["error_description"] != "not on the list" {

@@ -2,8 +2,6 @@ package server
 
 import (
 	"context"
-	"encoding/json"
-	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -40,15 +38,9 @@ func TestEnricherCapBelowMinimum(t *testing.T) {
 		var logs []string
 		s := newTestServer(t, src, capEnricher{tt.cap})
 		s.refusalLogf = func(f string, a ...any) { logs = append(logs, f) }
-		req := httptest.NewRequest("POST", "/token", strings.NewReader("audience=api"))
-		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-		req.RemoteAddr = "100.64.0.5:4242"
-		rec := httptest.NewRecorder()
-		s.Handler().ServeHTTP(rec, req)
-		var m map[string]any
-		json.Unmarshal(rec.Body.Bytes(), &m)
-		if rec.Code != tt.code {
-			t.Errorf("cap %v: %d %v, want %d", tt.cap, rec.Code, m, tt.code)
+		code, m := postAudience(s, "api")
+		if code != tt.code {
+			t.Errorf("cap %v: %d %v, want %d", tt.cap, code, m, tt.code)
 			continue
 		}
 		if tt.code == 200 {
