@@ -222,7 +222,8 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request) (claims.Token
 	// Refuse before asking plugins when nothing they say could change the
 	// answer: they would see (and look up) callers who get no token, and a
 	// plugin that is down would turn this 403 into a 503.
-	if !aud.UsesGroups() && !aud.Allows(id, nil) && !s.mayBeGranted(r, id, aud, req.scopes) {
+	admitted := aud.Allows(id, nil)
+	if !admitted && !aud.UsesGroups() && !s.mayBeGranted(r, id, aud, req.scopes) {
 		s.refusalLogf("token: refused sub=%s node=%s aud=%q: no allow rule matches", id.Subject, id.NodeName, aud.Name)
 		return claims.Token{}, "", &oauthError{http.StatusForbidden, "access_denied",
 			fmt.Sprintf("%s may not get tokens for audience %q", describe(id), aud.Name)}
@@ -231,7 +232,7 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request) (claims.Token
 	if oerr != nil {
 		return claims.Token{}, "", oerr
 	}
-	if !granted && !aud.Allows(id, claims.Strings(extra, "groups")) {
+	if !admitted && !granted && !aud.Allows(id, claims.Strings(extra, "groups")) {
 		s.refusalLogf("token: refused sub=%s node=%s aud=%q: no allow rule matches", id.Subject, id.NodeName, aud.Name)
 		return claims.Token{}, "", &oauthError{http.StatusForbidden, "access_denied",
 			fmt.Sprintf("%s may not get tokens for audience %q", describe(id), aud.Name)}
