@@ -19,7 +19,7 @@ debs=(
   libcrypt-jwt-perl                              # Perl verifier
   slapd ldap-utils                               # real LDAP for the ldap-groups plugin
   etcd-server etcd-client                        # real etcd for replicas
-  protobuf-compiler                              # plugin protocol code generation check
+  protobuf-compiler libprotobuf-dev              # plugin protocol code generation check (libprotobuf-dev: the well-known .proto files)
   python3-grpcio python3-grpc-tools python3-protobuf python3-cryptography  # Python plugin
   nodejs npm                                     # Node verifier
   default-jdk-headless                           # Java verifier (javac)

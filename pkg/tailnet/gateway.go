@@ -92,6 +92,10 @@ func NewGateway(listenAddr string, via *tsnet.Server, target string) (*Gateway, 
 			// Host to the target's.
 			pr.SetURL(tu)
 			stripIdentityHeaders(pr.Out.Header)
+			// bufferBody has read the body, and with it answered the
+			// client's "Expect: 100-continue"; passed on, the upstream's
+			// own 100 Continue would reach the client as a second one.
+			pr.Out.Header.Del("Expect")
 		},
 		Transport: retryTransport{tr},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {

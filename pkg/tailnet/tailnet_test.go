@@ -1,12 +1,14 @@
 package tailnet_test
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"slices"
 	"strings"
@@ -114,6 +116,11 @@ func serveWhoAmI(t *testing.T, s *tsnet.Server) {
 	})
 	mux.HandleFunc("/headers", func(w http.ResponseWriter, r *http.Request) {
 		json.NewEncoder(w).Encode(r.Header)
+	})
+	// /echo reads the body, as tsidp's token endpoint does: reading it is
+	// what makes net/http answer "Expect: 100-continue".
+	mux.HandleFunc("/echo", func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(w, io.LimitReader(r.Body, 1<<20))
 	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go srv.Serve(ln)
@@ -276,6 +283,34 @@ func TestIdentityOverTailnet(t *testing.T) {
 		res.Body.Close()
 		if res.StatusCode != http.StatusOK {
 			t.Errorf("small POST: %s, want 200", res.Status)
+		}
+	})
+
+	t.Run("gateway/expect-100-continue", func(t *testing.T) {
+		// curl sends "Expect: 100-continue" for larger bodies. The client
+		// must see one interim answer, not one from the gateway and
+		// another relayed from the upstream.
+		g := newGateway(t, n.person, "http://idp")
+		c, err := net.Dial("tcp", strings.TrimPrefix(g.URL(), "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(20 * time.Second))
+		body := "audience=x"
+		fmt.Fprintf(c, "POST /echo HTTP/1.1\r\nHost: gw\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: %d\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n", len(body))
+		br := bufio.NewReader(c)
+		line, err := br.ReadString('\n')
+		if err != nil || !strings.HasPrefix(line, "HTTP/1.1 100 ") {
+			t.Fatalf("first answer %q, %v; want 100 Continue", line, err)
+		}
+		io.WriteString(c, body)
+		rest, _ := io.ReadAll(br)
+		if n := strings.Count(string(rest), "HTTP/1.1 100 "); n != 0 {
+			t.Errorf("the gateway sent %d more 100 Continue after the first:\n%s", n, rest)
+		}
+		if !strings.Contains(string(rest), "HTTP/1.1 200 ") {
+			t.Errorf("no 200 answer after 100 Continue:\n%s", rest)
 		}
 	})
 

@@ -1,7 +1,8 @@
 #!/bin/sh
 # Regenerates claims.pb.go and claims_grpc.pb.go from claims.proto, into
 # this directory or the one given as $1. Needs protoc (Debian: apt-get
-# install protobuf-compiler). The Go code generators are pinned here and
+# install protobuf-compiler libprotobuf-dev: the compiler and the well-known
+# .proto files it imports). The Go code generators are pinned here and
 # installed into a temporary GOBIN, so the output does not depend on what
 # happens to be on PATH.
 set -eu

@@ -12,7 +12,7 @@ import (
 // compares it with the committed files.
 func TestGeneratedCodeUpToDate(t *testing.T) {
 	if _, err := exec.LookPath("protoc"); err != nil {
-		t.Fatalf("protoc not found (apt-get install -y protobuf-compiler): %v", err)
+		t.Fatalf("protoc not found (apt-get install -y protobuf-compiler libprotobuf-dev): %v", err)
 	}
 	dir := t.TempDir()
 	if out, err := exec.Command("./gen.sh", dir).CombinedOutput(); err != nil {
