@@ -72,9 +72,12 @@ type KeysConfig struct {
 	// RotationPeriod is how long a key signs before scheduled rotation;
 	// 0 disables scheduled rotation.
 	RotationPeriod *time.Duration `yaml:"rotation_period"`
-	// JWKSMaxAge is the Cache-Control max-age of the JWKS.
-	JWKSMaxAge time.Duration `yaml:"jwks_max_age"`
-	// ClockSkew is the tolerance assumed between tsidp and verifiers.
+	// JWKSMaxAge is the Cache-Control max-age of the JWKS; 0 tells
+	// verifiers not to cache it.
+	JWKSMaxAge *time.Duration `yaml:"jwks_max_age"`
+	// ClockSkew is the tolerance assumed between tsidp and verifiers: the
+	// backdating of nbf and part of every key publication lead and
+	// retention.
 	ClockSkew time.Duration `yaml:"clock_skew"`
 	// RSABits is the RSA key size for RS256.
 	RSABits int `yaml:"rsa_bits"`
@@ -178,6 +181,10 @@ var (
 
 // Parse decodes YAML (or JSON, a subset of it) strictly into c.
 func Parse(b []byte, c *Config) error {
+	b, err := fixDurations(b)
+	if err != nil {
+		return err
+	}
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
 	if err := dec.Decode(c); err != nil {
@@ -280,7 +287,6 @@ func (c *Config) Provision() {
 // after Provision.
 func (c *Config) KeyPolicy() (keys.Policy, error) {
 	p := keys.Policy{
-		JWKSMaxAge:  c.Keys.JWKSMaxAge,
 		ClockSkew:   c.Keys.ClockSkew,
 		MaxTokenTTL: c.Tokens.MaxTTL,
 		RSABits:     c.Keys.RSABits,
@@ -293,10 +299,14 @@ func (c *Config) KeyPolicy() (keys.Policy, error) {
 		p.Algorithms = append(p.Algorithms, alg)
 	}
 	p.Provision()
+	// Set after Provision, which reads 0 as "the default": an explicit 0
+	// disables scheduled rotation, and tells verifiers not to cache the
+	// JWKS.
 	if c.Keys.RotationPeriod != nil {
-		// Set after Provision: an explicit 0 disables scheduled rotation
-		// rather than asking for the default.
 		p.RotationPeriod = *c.Keys.RotationPeriod
+	}
+	if c.Keys.JWKSMaxAge != nil {
+		p.JWKSMaxAge = *c.Keys.JWKSMaxAge
 	}
 	if err := p.Validate(); err != nil {
 		return keys.Policy{}, err

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tsidp/tsidp/pkg/keys"
 	"github.com/tsidp/tsidp/pkg/policy"
 )
 
@@ -143,5 +144,81 @@ func TestProvisionDefaults(t *testing.T) {
 	kp, err := c.KeyPolicy()
 	if err != nil || kp.MaxTokenTTL != 24*time.Hour || kp.RotationPeriod != 720*time.Hour {
 		t.Errorf("key policy = %+v, %v", kp, err)
+	}
+}
+
+// TestExplicitZeroDurations: a written 0 is honoured where it means
+// something (rotation off, no JWKS caching), refused with a reason
+// elsewhere, and never silently replaced by the default.
+func TestExplicitZeroDurations(t *testing.T) {
+	tests := []struct {
+		name, yaml string
+		wantErr    string // "" for success
+		check      func(t *testing.T, p keys.Policy)
+	}{
+		{"rotation_period 0", "keys:\n  rotation_period: 0\n", "", func(t *testing.T, p keys.Policy) {
+			if p.RotationPeriod != 0 {
+				t.Errorf("RotationPeriod = %v, want 0 (disabled)", p.RotationPeriod)
+			}
+		}},
+		{"rotation_period 0s", "keys:\n  rotation_period: 0s\n", "", func(t *testing.T, p keys.Policy) {
+			if p.RotationPeriod != 0 {
+				t.Errorf("RotationPeriod = %v, want 0", p.RotationPeriod)
+			}
+		}},
+		{"rotation_period 0 in JSON", `{"keys": {"rotation_period": 0}}`, "", func(t *testing.T, p keys.Policy) {
+			if p.RotationPeriod != 0 {
+				t.Errorf("RotationPeriod = %v, want 0", p.RotationPeriod)
+			}
+		}},
+		{"jwks_max_age 0s", "keys:\n  jwks_max_age: 0s\n", "", func(t *testing.T, p keys.Policy) {
+			if p.JWKSMaxAge != 0 {
+				t.Errorf("JWKSMaxAge = %v, want 0 as written", p.JWKSMaxAge)
+			}
+		}},
+		{"jwks_max_age 0", "keys:\n  jwks_max_age: 0\n", "", func(t *testing.T, p keys.Policy) {
+			if p.JWKSMaxAge != 0 {
+				t.Errorf("JWKSMaxAge = %v, want 0 as written", p.JWKSMaxAge)
+			}
+		}},
+		{"jwks_max_age unset", "keys:\n  algorithms: [ES256]\n", "", func(t *testing.T, p keys.Policy) {
+			if p.JWKSMaxAge != time.Hour {
+				t.Errorf("JWKSMaxAge = %v, want the default 1h", p.JWKSMaxAge)
+			}
+		}},
+		{"clock_skew 0s", "keys:\n  clock_skew: 0s\n", "line 2: keys.clock_skew: an explicit 0s is not allowed: clocks always differ a little", nil},
+		{"clock_skew 0", "keys:\n  clock_skew: 0\n", "line 2: keys.clock_skew: an explicit 0 is not allowed", nil},
+		{"default_ttl 0", "tokens:\n  default_ttl: 0\n", "line 2: tokens.default_ttl: an explicit 0 is not allowed: omit it for the default", nil},
+		{"audience ttl 0s", "audiences:\n  - name: a\n    allow: ['*']\n    ttl: 0s\n", "line 4: audiences[0].ttl: an explicit 0s is not allowed: omit it to inherit tokens.default_ttl", nil},
+		{"plugin cache_ttl 0s", "plugins:\n  - builtin: x\n  - builtin: y\n    cache_ttl: 0m\n", "line 4: plugins[1].cache_ttl: an explicit 0m is not allowed: omit it for the default, or write a negative duration such as -1s to disable caching", nil},
+		{"etcd dial_timeout 0s", "keys:\n  etcd:\n    dial_timeout: 0s\n", "line 3: keys.etcd.dial_timeout: an explicit 0s is not allowed", nil},
+		{"out of range", "keys:\n  rotation_period: 87600001h\n", "line 2: keys.rotation_period: 87600001h is out of range: a duration can be at most 2562047h", nil},
+		{"lines kept after a rewrite", "keys:\n  rotation_period: 0\n  jwks_max_age: 0\n  bogus: 1\n", `line 4: unknown key "bogus" (in keys)`, nil},
+		{"quoted 0 is a string", "keys:\n  rotation_period: \"0\"\n", "", func(t *testing.T, p keys.Policy) {
+			if p.RotationPeriod != 0 {
+				t.Errorf("RotationPeriod = %v, want 0", p.RotationPeriod)
+			}
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var c Config
+			err := Parse([]byte(tt.yaml), &c)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("Parse(%q) = %v, want error containing %q", tt.yaml, err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Parse(%q) = %v", tt.yaml, err)
+			}
+			c.Provision()
+			p, err := c.KeyPolicy()
+			if err != nil {
+				t.Fatal(err)
+			}
+			tt.check(t, p)
+		})
 	}
 }

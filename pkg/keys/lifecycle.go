@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"slices"
 	"time"
+
+	"github.com/tsidp/tsidp/internal/duration"
 )
 
 // Ensure makes every algorithm of p have exactly one active and one next
@@ -57,8 +59,8 @@ type TooEarlyError struct {
 
 func (e *TooEarlyError) Error() string {
 	return fmt.Sprintf("keys: not rotating %s yet: next key %s was published at %s and verifiers may cache the JWKS for jwks_max_age %s + clock_skew %s; rotation is allowed from %s (in %s), or now with --force",
-		e.Algorithm, e.KID, e.Published.Format(time.RFC3339), fmtDuration(e.maxAge), fmtDuration(e.skew),
-		e.SignsFrom.Format(time.RFC3339), fmtDuration(e.SignsFrom.Sub(e.Now).Round(time.Second)))
+		e.Algorithm, e.KID, e.Published.Format(time.RFC3339), duration.Format(e.maxAge), duration.Format(e.skew),
+		e.SignsFrom.Format(time.RFC3339), duration.Format(e.SignsFrom.Sub(e.Now).Round(time.Second)))
 }
 
 // Rotate makes alg's next key active, retires the active key (it stays

@@ -3,8 +3,9 @@ package keys
 import (
 	"encoding/json"
 	"fmt"
-	"strings"
 	"time"
+
+	"github.com/tsidp/tsidp/internal/duration"
 )
 
 // Policy holds the configured numbers that drive the key lifecycle. Call
@@ -107,10 +108,10 @@ func (p Policy) Validate() error {
 		{"max_token_ttl", p.MaxTokenTTL},
 	} {
 		if f.d < 0 {
-			return fmt.Errorf("keys: %s %s is negative", f.name, fmtDuration(f.d))
+			return fmt.Errorf("keys: %s %s is negative", f.name, duration.Format(f.d))
 		}
 		if f.d > maxPolicyDuration {
-			return fmt.Errorf("keys: %s %s is longer than the limit of %s", f.name, fmtDuration(f.d), fmtDuration(maxPolicyDuration))
+			return fmt.Errorf("keys: %s %s is longer than the limit of %s", f.name, duration.Format(f.d), duration.Format(maxPolicyDuration))
 		}
 	}
 	if p.MaxTokenTTL == 0 {
@@ -118,7 +119,7 @@ func (p Policy) Validate() error {
 	}
 	if p.RotationPeriod > 0 && p.RotationPeriod < p.publishLead() {
 		return fmt.Errorf("keys: rotation_period %s is shorter than jwks_max_age %s + clock_skew %s; a new key must be published that long before it signs",
-			fmtDuration(p.RotationPeriod), fmtDuration(p.JWKSMaxAge), fmtDuration(p.ClockSkew))
+			duration.Format(p.RotationPeriod), duration.Format(p.JWKSMaxAge), duration.Format(p.ClockSkew))
 	}
 	switch p.RSABits {
 	case 2048, 3072, 4096:
@@ -166,7 +167,7 @@ type guaranteeJSON struct {
 
 // MarshalJSON implements json.Marshaler.
 func (g Guarantee) MarshalJSON() ([]byte, error) {
-	return json.Marshal(guaranteeJSON{g.Name, fmtDuration(g.Have), fmtDuration(g.Need), g.Holds})
+	return json.Marshal(guaranteeJSON{g.Name, duration.Format(g.Have), duration.Format(g.Need), g.Holds})
 }
 
 // UnmarshalJSON implements json.Unmarshaler.
@@ -194,7 +195,7 @@ func (g Guarantee) String() string {
 	if !g.Holds {
 		verdict, op = "BROKEN", "<"
 	}
-	return fmt.Sprintf("%s %s %s %s: %s", g.Name, fmtDuration(g.Have), op, fmtDuration(g.Need), verdict)
+	return fmt.Sprintf("%s %s %s %s: %s", g.Name, duration.Format(g.Have), op, duration.Format(g.Need), verdict)
 }
 
 func newGuarantee(name string, have, need time.Duration) Guarantee {
@@ -213,17 +214,4 @@ func (p Policy) Guarantees() []Guarantee {
 		newGuarantee("next_published_before_use", lead, p.publishLead()),
 		newGuarantee("retired_retention", p.retention(), p.retention()),
 	}
-}
-
-// fmtDuration formats d like time.Duration.String but without zero units,
-// so "1h0m0s" reads "1h" and "30m0s" reads "30m".
-func fmtDuration(d time.Duration) string {
-	s := d.String()
-	if strings.HasSuffix(s, "m0s") {
-		s = s[:len(s)-2]
-	}
-	if strings.HasSuffix(s, "h0m") {
-		s = s[:len(s)-2]
-	}
-	return s
 }

@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tsidp/tsidp/internal/duration"
 )
 
 func TestPolicyProvision(t *testing.T) {
@@ -135,8 +137,8 @@ func TestFmtDuration(t *testing.T) {
 		1500 * time.Millisecond:     "1.5s",
 		0:                           "0s",
 	} {
-		if got := fmtDuration(d); got != want {
-			t.Errorf("fmtDuration(%v) = %q; want %q", d, got, want)
+		if got := duration.Format(d); got != want {
+			t.Errorf("duration.Format(%v) = %q; want %q", d, got, want)
 		}
 	}
 }

@@ -125,8 +125,9 @@ func Start(ctx context.Context, opts Options) (_ *Sandbox, err error) {
 	// Sandbox-sized key numbers: verifiers may cache the JWKS for 2s, so a
 	// freshly published next key may sign after 3s and `tsidp keys rotate`
 	// works moments after start — the guarantees still hold, just scaled.
-	if cfg.Keys.JWKSMaxAge == 0 {
-		cfg.Keys.JWKSMaxAge = 2 * time.Second
+	if cfg.Keys.JWKSMaxAge == nil {
+		maxAge := 2 * time.Second
+		cfg.Keys.JWKSMaxAge = &maxAge
 	}
 	if cfg.Keys.ClockSkew == 0 {
 		cfg.Keys.ClockSkew = time.Second

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/tsidp/tsidp/internal/duration"
 	"github.com/tsidp/tsidp/pkg/claims"
 	"github.com/tsidp/tsidp/pkg/identity"
 	"github.com/tsidp/tsidp/pkg/keys"
@@ -113,7 +114,10 @@ func parseTTL(v string) (time.Duration, error) {
 		}
 		return time.Duration(n) * time.Second, nil
 	}
-	d, err := time.ParseDuration(v)
+	d, err := duration.Parse(v)
+	if errors.Is(err, duration.ErrOutOfRange) {
+		return 0, fmt.Errorf("ttl %q is out of range", v)
+	}
 	if err != nil || d <= 0 {
 		return 0, fmt.Errorf("ttl %q is not a number of seconds or a duration like 5m", v)
 	}
