@@ -61,12 +61,15 @@ func (a Algorithm) index() int {
 }
 
 // Supported RSA modulus sizes.
-const (
-	minRSABits = 2048
-	// maxRSABits bounds imported keys: larger moduli only make every
-	// signature slower without a security need.
-	maxRSABits = 8192
-)
+const minRSABits = 2048
+
+// maxRSABits bounds RSA keys. go-jose, which decodes the stored key set
+// and many verifiers' JWKS, refuses moduli above 4096 bits
+// (jose.MaxRSAModulusBits): one such key would make the store unreadable
+// and the published JWKS unparsable for the whole set. A variable only so
+// that a test can show the import's codec round trip catching what the
+// codec refuses.
+var maxRSABits = 4096
 
 // generateKey creates a new private key for alg. It is a variable so tests
 // can hand out pre-generated RSA keys: generating them is slow.

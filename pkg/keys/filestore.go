@@ -276,11 +276,15 @@ func (s *FileStore) removeTemps() {
 // second, which costs one stat(2) and notices every rename-into-place.
 func (s *FileStore) Watch(ctx context.Context) <-chan struct{} {
 	ch := make(chan struct{}, 1)
+	// The first stamp is taken before Watch returns: taken in the
+	// goroutine, a Save right after Watch could land first and never be
+	// signalled (TestFileStoreConformance/Watch failed so on a loaded
+	// machine).
+	last := s.stamp()
 	go func() {
 		defer close(ch)
 		t := time.NewTicker(s.pollInterval)
 		defer t.Stop()
-		last := s.stamp()
 		for {
 			select {
 			case <-ctx.Done():

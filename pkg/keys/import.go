@@ -8,9 +8,12 @@ import (
 	"crypto/elliptic"
 	"crypto/rsa"
 	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"math/big"
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
@@ -47,6 +50,18 @@ func ParsePrivateKey(pemOrJWK []byte, alg Algorithm) (crypto.Signer, error) {
 func parseJWK(data []byte, alg Algorithm) (crypto.Signer, error) {
 	var jwk jose.JSONWebKey
 	if err := jwk.UnmarshalJSON(data); err != nil {
+		// go-jose refuses RSA moduli over 4096 bits with a vague error.
+		var raw struct {
+			Kty string `json:"kty"`
+			N   string `json:"n"`
+		}
+		if json.Unmarshal(data, &raw) == nil && raw.Kty == "RSA" {
+			if n, derr := base64.RawURLEncoding.DecodeString(raw.N); derr == nil {
+				if bits := new(big.Int).SetBytes(n).BitLen(); bits > maxRSABits {
+					return nil, fmt.Errorf("keys: RS256 needs an RSA key of %d to %d bits, got %d bits", minRSABits, maxRSABits, bits)
+				}
+			}
+		}
 		return nil, fmt.Errorf("keys: parsing JWK: %w", err)
 	}
 	if jwk.IsPublic() {
@@ -171,8 +186,14 @@ func (s *Set) Import(now time.Time, p Policy, priv crypto.Signer, alg Algorithm,
 	if err != nil {
 		return nil, err
 	}
+	if err := checkStrength(priv); err != nil {
+		return nil, err
+	}
 	k, err := newKey(now, p, alg, priv)
 	if err != nil {
+		return nil, err
+	}
+	if err := roundTrip(k); err != nil {
 		return nil, err
 	}
 	if old := s.Key(k.ID); old != nil {
@@ -208,4 +229,62 @@ func (s *Set) ImportPrivateKey(now time.Time, p Policy, pemOrJWK []byte, alg Alg
 		return nil, err
 	}
 	return s.Import(now, p, priv, alg, activate)
+}
+
+// checkStrength refuses private keys with parameters no key generator
+// produces and an attacker could guess or exploit: an RSA public exponent
+// other than 65537 (small ones such as 3 break under common implementation
+// faults), an EC scalar within 2^128 of 0 or of the group order (d = 1 is
+// a valid key that anyone can compute), an all-zero Ed25519 seed. It
+// applies to imported keys only: a key already in a stored set is never
+// refused by a later, stricter rule, which would lock its owner out.
+func checkStrength(priv crypto.Signer) error {
+	switch k := priv.(type) {
+	case *rsa.PrivateKey:
+		if k.E != 65537 {
+			return fmt.Errorf("keys: weak RSA key: public exponent %d, want 65537 (small exponents such as 3 are refused)", k.E)
+		}
+	case *ecdsa.PrivateKey:
+		d, err := k.Bytes()
+		if err != nil {
+			return fmt.Errorf("keys: invalid EC private key: %w", err)
+		}
+		n := k.Curve.Params().N
+		x := new(big.Int).SetBytes(d)
+		if x.BitLen() <= 128 || new(big.Int).Sub(n, x).BitLen() <= 128 {
+			return errors.New("keys: weak EC key: the private scalar is within 2^128 of 0 or of the group order (such as d = 1), where anyone can find it; generate a new key")
+		}
+	case ed25519.PrivateKey:
+		if isZero(k.Seed()) {
+			return errors.New("keys: weak Ed25519 key: its seed is all zeros; generate a new key")
+		}
+	}
+	return nil
+}
+
+func isZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// roundTrip checks that k survives the key-set codec, so that importing
+// it cannot leave the store holding a set that no tsidp can load again.
+func roundTrip(k *Key) error {
+	doc, err := encodeKey(k, nil)
+	if err != nil {
+		return fmt.Errorf("keys: the %s key cannot be stored: %s", k.Algorithm, unprefixed(err))
+	}
+	defer clear(doc.Private)
+	back, err := decodeKey(doc, nil)
+	if err != nil {
+		return fmt.Errorf("keys: the %s key cannot be stored: it would not load back (%v)", k.Algorithm, err)
+	}
+	if !publicEqual(back.Public, k.Public) || back.Private == nil || !publicEqual(back.Private.Public(), k.Public) {
+		return fmt.Errorf("keys: the %s key cannot be stored: it loads back as a different key", k.Algorithm)
+	}
+	return nil
 }

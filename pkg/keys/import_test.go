@@ -9,6 +9,7 @@ import (
 	"crypto/rsa"
 	"crypto/x509"
 	"encoding/pem"
+	"math/big"
 	"strings"
 	"testing"
 	"time"
@@ -66,7 +67,7 @@ func TestParsePrivateKey(t *testing.T) {
 		{"EdDSA PKCS#8", pkcs8(t, ed), EdDSA, ed.Public(), ""},
 		{"EdDSA JWK with whitespace", append([]byte("\n  "), jwkOf(t, ed, "EdDSA")...), EdDSA, ed.Public(), ""},
 
-		{"RSA 1024", pkcs8(t, small), RS256, nil, "keys: RS256 needs an RSA key of 2048 to 8192 bits, got 1024 bits"},
+		{"RSA 1024", pkcs8(t, small), RS256, nil, "keys: RS256 needs an RSA key of 2048 to 4096 bits, got 1024 bits"},
 		{"P-384 for ES256", pkcs8(t, ec384), ES256, nil, "keys: ES256 needs a P-256 EC key, got EC P-384"},
 		{"Ed25519 for ES256", pkcs8(t, ed), ES256, nil, "keys: ES256 needs a P-256 EC key, got Ed25519"},
 		{"EC for RS256", pkcs8(t, ec), RS256, nil, "keys: RS256 needs an RSA key, got EC P-256"},
@@ -197,4 +198,120 @@ func TestImport(t *testing.T) {
 			t.Error("imported a key for an algorithm that is not configured")
 		}
 	})
+}
+
+// TestImportRefusesWhatCannotBeStoredOrIsWeak: every refusal leaves the
+// set as it was, and says why in one line.
+func TestImportRefusesWhatCannotBeStoredOrIsWeak(t *testing.T) {
+	p := testPolicy(ES256, RS256, EdDSA)
+	now := t0.Add(time.Hour)
+
+	big4104, err := rsa.GenerateKey(rand.Reader, 4104)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// e = 3: a valid RSA key that no sane generator makes.
+	e3 := rsaWithExponent(t, 3)
+	one := ecScalar(t, big.NewInt(1))
+	nMinus1 := ecScalar(t, new(big.Int).Sub(elliptic.P256().Params().N, big.NewInt(1)))
+	zeroSeed := ed25519.NewKeyFromSeed(make([]byte, ed25519.SeedSize))
+
+	tests := []struct {
+		name    string
+		key     crypto.Signer
+		alg     Algorithm
+		wantErr string
+	}{
+		{"RSA 4104 bits", big4104, RS256, "keys: RS256 needs an RSA key of 2048 to 4096 bits, got 4104 bits"},
+		{"RSA e=3", e3, RS256, "keys: weak RSA key: public exponent 3, want 65537"},
+		{"EC d=1", one, ES256, "keys: weak EC key: the private scalar is within 2^128 of 0 or of the group order"},
+		{"EC d=n-1", nMinus1, ES256, "keys: weak EC key"},
+		{"Ed25519 zero seed", zeroSeed, EdDSA, "keys: weak Ed25519 key: its seed is all zeros"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			for _, in := range [][]byte{pkcs8(t, tt.key), jwkOf(t, tt.key, "")} {
+				s := ensured(t, p)
+				before := s.Clone()
+				_, err := s.ImportPrivateKey(now, p, in, tt.alg, true)
+				if err == nil || !strings.HasPrefix(err.Error(), tt.wantErr) || strings.Contains(err.Error(), "\n") {
+					t.Fatalf("import = %v; want one line starting %q", err, tt.wantErr)
+				}
+				if !s.sameAs(before) {
+					t.Error("a refused import changed the set")
+				}
+			}
+		})
+	}
+}
+
+// TestImportRoundTripsThroughTheCodec: a key the store's codec cannot load
+// back is refused at import, before anything is written, even if the
+// algorithm's own checks let it through.
+func TestImportRoundTripsThroughTheCodec(t *testing.T) {
+	old := maxRSABits
+	maxRSABits = 8192 // as it once was: go-jose still refuses > 4096
+	defer func() { maxRSABits = old }()
+	k, err := rsa.GenerateKey(rand.Reader, 4104)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := testPolicy(RS256)
+	s := ensured(t, p)
+	_, err = s.Import(t0.Add(time.Hour), p, k, RS256, false)
+	if err == nil || !strings.HasPrefix(err.Error(), "keys: the RS256 key cannot be stored: it would not load back") {
+		t.Fatalf("Import(4104-bit RSA) = %v; want a refusal naming the codec", err)
+	}
+	if _, err := UnmarshalSet(mustMarshal(t, s)); err != nil {
+		t.Errorf("the set no longer loads after the refused import: %v", err)
+	}
+}
+
+func mustMarshal(t *testing.T, s *Set) []byte {
+	t.Helper()
+	b, err := MarshalSet(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// rsaWithExponent builds a valid 2048-bit RSA key with public exponent e.
+func rsaWithExponent(t *testing.T, e int) *rsa.PrivateKey {
+	t.Helper()
+	E := big.NewInt(int64(e))
+	one := big.NewInt(1)
+	for {
+		p, err := rand.Prime(rand.Reader, 1024)
+		if err != nil {
+			t.Fatal(err)
+		}
+		q, err := rand.Prime(rand.Reader, 1024)
+		if err != nil {
+			t.Fatal(err)
+		}
+		phi := new(big.Int).Mul(new(big.Int).Sub(p, one), new(big.Int).Sub(q, one))
+		d := new(big.Int).ModInverse(E, phi)
+		n := new(big.Int).Mul(p, q)
+		if d == nil || p.Cmp(q) == 0 || n.BitLen() != 2048 {
+			continue
+		}
+		k := &rsa.PrivateKey{PublicKey: rsa.PublicKey{N: n, E: e}, D: d, Primes: []*big.Int{p, q}}
+		if err := k.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		k.Precompute()
+		return k
+	}
+}
+
+// ecScalar builds the P-256 key with private scalar d.
+func ecScalar(t *testing.T, d *big.Int) *ecdsa.PrivateKey {
+	t.Helper()
+	raw := d.FillBytes(make([]byte, 32))
+	k, err := ecdsa.ParseRawPrivateKey(elliptic.P256(), raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
 }
