@@ -16,9 +16,9 @@ import (
 	"tailscale.com/tailcfg"
 
 	"github.com/tsidp/tsidp/pkg/admin"
+	"github.com/tsidp/tsidp/pkg/audience"
 	"github.com/tsidp/tsidp/pkg/claims/plugin"
 	"github.com/tsidp/tsidp/pkg/config"
-	"github.com/tsidp/tsidp/pkg/policy"
 	"github.com/tsidp/tsidp/pkg/sandbox"
 )
 
@@ -55,7 +55,7 @@ func TestPluginAndGrantClaimsInVerifiedTokens(t *testing.T) {
 			Name: "groups", Path: pluginPath, SHA256: sum,
 			Config: map[string]any{"file": groups, "cache_ttl": "1s"},
 		}},
-		Audiences: []policy.AudienceConfig{
+		Audiences: []audience.Config{
 			{Name: "eng-api", Allow: []string{"group:eng"}},
 			{Name: "ci-api", Allow: []string{"group:ci"}},
 			// Nobody matches this rule: only a tailnet grant opens it.

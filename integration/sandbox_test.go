@@ -17,8 +17,8 @@ import (
 	"github.com/go-jose/go-jose/v4/jwt"
 	"tailscale.com/tsnet"
 
+	"github.com/tsidp/tsidp/pkg/audience"
 	"github.com/tsidp/tsidp/pkg/config"
-	"github.com/tsidp/tsidp/pkg/policy"
 	"github.com/tsidp/tsidp/pkg/sandbox"
 )
 
@@ -40,7 +40,7 @@ func startSandbox(t *testing.T) *sandbox.Sandbox {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	cfg := &config.Config{
-		Audiences: []policy.AudienceConfig{
+		Audiences: []audience.Config{
 			{Name: "https://es256.example", Allow: []string{"*"}, Algorithm: "ES256"},
 			{Name: "https://rs256.example", Allow: []string{"*"}, Algorithm: "RS256", TTL: 10 * time.Minute, MaxTTL: time.Hour},
 			{Name: "https://eddsa.example", Allow: []string{"*"}, Algorithm: "EdDSA", Scopes: []string{"read", "write"}},

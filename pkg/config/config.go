@@ -22,10 +22,10 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/tsidp/tsidp/pkg/audience"
 	"github.com/tsidp/tsidp/pkg/claims/plugin"
 	"github.com/tsidp/tsidp/pkg/identity"
 	"github.com/tsidp/tsidp/pkg/keys"
-	"github.com/tsidp/tsidp/pkg/policy"
 )
 
 // Config is the whole configuration file.
@@ -42,13 +42,13 @@ type Config struct {
 	// Listen lists TCP addresses to serve on with backend "tailscale".
 	Listen []string `yaml:"listen"`
 
-	Tailscale TailscaleConfig         `yaml:"tailscale"`
-	TSNet     identity.TSNetConfig    `yaml:"tsnet"`
-	Identity  identity.Rules          `yaml:"identity"`
-	Keys      KeysConfig              `yaml:"keys"`
-	Tokens    TokensConfig            `yaml:"tokens"`
-	Audiences []policy.AudienceConfig `yaml:"audiences"`
-	Grants    GrantsConfig            `yaml:"grants"`
+	Tailscale TailscaleConfig      `yaml:"tailscale"`
+	TSNet     identity.TSNetConfig `yaml:"tsnet"`
+	Identity  identity.Rules       `yaml:"identity"`
+	Keys      KeysConfig           `yaml:"keys"`
+	Tokens    TokensConfig         `yaml:"tokens"`
+	Audiences []audience.Config    `yaml:"audiences"`
+	Grants    GrantsConfig         `yaml:"grants"`
 	// Plugins run in this order; their claims merge in this order, after
 	// tailnet grants.
 	Plugins []plugin.Config `yaml:"plugins"`
@@ -231,7 +231,7 @@ func sectionOf(goType string) string {
 		return "tsnet"
 	case "identity.Rules":
 		return "identity"
-	case "policy.AudienceConfig":
+	case "audience.Config":
 		return "audiences"
 	case "plugin.Config":
 		return "plugins"
@@ -314,17 +314,17 @@ func (c *Config) KeyPolicy() (keys.Policy, error) {
 	return p, nil
 }
 
-// Policy returns the audience policy. Call it after Provision.
-func (c *Config) Policy() (*policy.Policy, error) {
+// AudienceRegistry returns the configured audiences. Call it after Provision.
+func (c *Config) AudienceRegistry() (*audience.Registry, error) {
 	kp, err := c.KeyPolicy()
 	if err != nil {
 		return nil, err
 	}
-	d := policy.Defaults{TTL: c.Tokens.DefaultTTL, MaxTTL: c.Tokens.MaxTTL, Algorithm: c.Tokens.Algorithm}
+	d := audience.Defaults{TTL: c.Tokens.DefaultTTL, MaxTTL: c.Tokens.MaxTTL, Algorithm: c.Tokens.Algorithm}
 	for _, a := range kp.Algorithms {
 		d.Algorithms = append(d.Algorithms, string(a))
 	}
-	return policy.New(c.Audiences, d)
+	return audience.NewRegistry(c.Audiences, d)
 }
 
 // Validate checks everything that can be checked without starting anything.
@@ -370,13 +370,13 @@ func (c *Config) Validate() error {
 	if len(c.Admin.Socket) >= 104 {
 		return fmt.Errorf("config: admin socket path %q is too long for a unix socket (max 103 bytes); use a shorter state_dir or admin.socket", c.Admin.Socket)
 	}
-	if c.Tokens.DefaultTTL < policy.MinTTL {
-		return fmt.Errorf("config: tokens.default_ttl %v is shorter than %v", c.Tokens.DefaultTTL, policy.MinTTL)
+	if c.Tokens.DefaultTTL < audience.MinTTL {
+		return fmt.Errorf("config: tokens.default_ttl %v is shorter than %v", c.Tokens.DefaultTTL, audience.MinTTL)
 	}
 	if c.Tokens.MaxTTL < c.Tokens.DefaultTTL {
 		return fmt.Errorf("config: tokens.max_ttl %v is shorter than tokens.default_ttl %v", c.Tokens.MaxTTL, c.Tokens.DefaultTTL)
 	}
-	if _, err := c.Policy(); err != nil {
+	if _, err := c.AudienceRegistry(); err != nil {
 		return fmt.Errorf("config: %w", err)
 	}
 	seen := map[string]bool{}

@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tsidp/tsidp/pkg/audience"
 	"github.com/tsidp/tsidp/pkg/keys"
-	"github.com/tsidp/tsidp/pkg/policy"
 )
 
 // docBlocks returns the ```yaml blocks of a doc file.
@@ -114,7 +114,7 @@ func TestValidate(t *testing.T) {
 		{"audience alg not in keys", func(c *Config) {
 			c.Keys.Algorithms = []string{"ES256"}
 			c.Tokens.Algorithm = "RS256"
-			c.Audiences = []policy.AudienceConfig{{Name: "a", Allow: []string{"*"}}}
+			c.Audiences = []audience.Config{{Name: "a", Allow: []string{"*"}}}
 		}, "not one of"},
 		{"ttl too short", func(c *Config) { c.Tokens.DefaultTTL = time.Second }, "default_ttl"},
 		{"store", func(c *Config) { c.Keys.Store = "s3://bucket" }, "keys.store"},

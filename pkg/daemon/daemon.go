@@ -20,9 +20,9 @@ import (
 
 	"github.com/tsidp/tsidp/pkg/admin"
 	"github.com/tsidp/tsidp/pkg/claims"
+	"github.com/tsidp/tsidp/pkg/claims/grants"
 	"github.com/tsidp/tsidp/pkg/claims/plugin"
 	"github.com/tsidp/tsidp/pkg/config"
-	"github.com/tsidp/tsidp/pkg/grants"
 	"github.com/tsidp/tsidp/pkg/identity"
 	"github.com/tsidp/tsidp/pkg/keys"
 	"github.com/tsidp/tsidp/pkg/server"
@@ -86,7 +86,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 	if err != nil {
 		return nil, fmt.Errorf("tsidp: %w", err)
 	}
-	pol, err := cfg.Policy()
+	pol, err := cfg.AudienceRegistry()
 	if err != nil {
 		return nil, fmt.Errorf("tsidp: %w", err)
 	}

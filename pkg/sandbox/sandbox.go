@@ -18,9 +18,9 @@ import (
 
 	"tailscale.com/tsnet"
 
+	"github.com/tsidp/tsidp/pkg/audience"
 	"github.com/tsidp/tsidp/pkg/config"
 	"github.com/tsidp/tsidp/pkg/daemon"
-	"github.com/tsidp/tsidp/pkg/policy"
 	"github.com/tsidp/tsidp/pkg/tailnet"
 )
 
@@ -133,7 +133,7 @@ func Start(ctx context.Context, opts Options) (_ *Sandbox, err error) {
 		cfg.Keys.ClockSkew = time.Second
 	}
 	if len(cfg.Audiences) == 0 {
-		cfg.Audiences = []policy.AudienceConfig{{Name: "sandbox", Allow: []string{"*"}}}
+		cfg.Audiences = []audience.Config{{Name: "sandbox", Allow: []string{"*"}}}
 	}
 	cfg.Provision()
 	if err := cfg.Validate(); err != nil {

@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tsidp/tsidp/pkg/policy"
+	"github.com/tsidp/tsidp/pkg/audience"
 )
 
 // TestIssuerUsedAsGiven: New refuses an issuer it would have to alter to
@@ -13,8 +13,8 @@ import (
 // from the configured string and exact-match verifiers such as go-oidc
 // failed), and one with a path, which the root-mounted routes cannot serve.
 func TestIssuerUsedAsGiven(t *testing.T) {
-	pol, err := policy.New([]policy.AudienceConfig{{Name: "api", Allow: []string{"*"}}},
-		policy.Defaults{TTL: time.Hour, MaxTTL: 24 * time.Hour, Algorithm: "ES256"})
+	pol, err := audience.NewRegistry([]audience.Config{{Name: "api", Allow: []string{"*"}}},
+		audience.Defaults{TTL: time.Hour, MaxTTL: 24 * time.Hour, Algorithm: "ES256"})
 	if err != nil {
 		t.Fatal(err)
 	}

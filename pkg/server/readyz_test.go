@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tsidp/tsidp/pkg/policy"
+	"github.com/tsidp/tsidp/pkg/audience"
 )
 
 // TestReadyzDegraded: a failing check marked Degrades keeps /readyz at 200
@@ -24,8 +24,8 @@ import (
 func TestReadyzDegraded(t *testing.T) {
 	src := &staticSource{id: alice}
 	var storeDown, pluginsDown atomic.Bool
-	pol, err := policy.New([]policy.AudienceConfig{{Name: "api", Allow: []string{"*"}}},
-		policy.Defaults{TTL: time.Hour, MaxTTL: 24 * time.Hour, Algorithm: "ES256"})
+	pol, err := audience.NewRegistry([]audience.Config{{Name: "api", Allow: []string{"*"}}},
+		audience.Defaults{TTL: time.Hour, MaxTTL: 24 * time.Hour, Algorithm: "ES256"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -124,8 +124,8 @@ func TestReadyzHidesDetail(t *testing.T) {
 			p.Store(&err)
 		}
 	}
-	pol, err := policy.New([]policy.AudienceConfig{{Name: "api", Allow: []string{"*"}}},
-		policy.Defaults{TTL: time.Hour, MaxTTL: 24 * time.Hour, Algorithm: "ES256"})
+	pol, err := audience.NewRegistry([]audience.Config{{Name: "api", Allow: []string{"*"}}},
+		audience.Defaults{TTL: time.Hour, MaxTTL: 24 * time.Hour, Algorithm: "ES256"})
 	if err != nil {
 		t.Fatal(err)
 	}

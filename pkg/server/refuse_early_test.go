@@ -9,7 +9,7 @@ import (
 	"tailscale.com/tailcfg"
 
 	"github.com/tsidp/tsidp/pkg/claims"
-	"github.com/tsidp/tsidp/pkg/grants"
+	"github.com/tsidp/tsidp/pkg/claims/grants"
 	"github.com/tsidp/tsidp/pkg/identity"
 )
 

@@ -24,10 +24,10 @@ import (
 	"tailscale.com/metrics"
 	"tailscale.com/types/logger"
 
+	"github.com/tsidp/tsidp/pkg/audience"
 	"github.com/tsidp/tsidp/pkg/claims"
 	"github.com/tsidp/tsidp/pkg/identity"
 	"github.com/tsidp/tsidp/pkg/keys"
-	"github.com/tsidp/tsidp/pkg/policy"
 )
 
 // Signer signs token payloads and publishes the verification keys.
@@ -77,7 +77,7 @@ type Config struct {
 	// Signer signs tokens and renders JWKS.
 	Signer Signer
 	// Policy holds the audiences.
-	Policy *policy.Policy
+	Policy *audience.Registry
 	// Enrichers add claims, in merge order (tailnet grants, then plugins).
 	Enrichers []claims.Enricher
 	// Algorithms are the published signing algorithms, for discovery.

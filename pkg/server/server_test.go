@@ -20,10 +20,10 @@ import (
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
 
+	"github.com/tsidp/tsidp/pkg/audience"
 	"github.com/tsidp/tsidp/pkg/claims"
 	"github.com/tsidp/tsidp/pkg/identity"
 	"github.com/tsidp/tsidp/pkg/keys"
-	"github.com/tsidp/tsidp/pkg/policy"
 )
 
 // staticSource is a stand-in identity source for unit tests of the HTTP
@@ -81,12 +81,12 @@ func testManager(t testing.TB) *keys.Manager {
 
 func newTestServer(t testing.TB, src identity.Source, enrichers ...claims.Enricher) *Server {
 	t.Helper()
-	pol, err := policy.New([]policy.AudienceConfig{
+	pol, err := audience.NewRegistry([]audience.Config{
 		{Name: "api", Allow: []string{"*@example.com"}},
 		{Name: "eddsa", Allow: []string{"*"}, Algorithm: "EdDSA"},
 		{Name: "rsa", Allow: []string{"*"}, Algorithm: "RS256"},
 		{Name: "eng", Allow: []string{"group:eng"}},
-	}, policy.Defaults{TTL: time.Hour, MaxTTL: 24 * time.Hour, Algorithm: "ES256"})
+	}, audience.Defaults{TTL: time.Hour, MaxTTL: 24 * time.Hour, Algorithm: "ES256"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -351,8 +351,8 @@ func TestLimits(t *testing.T) {
 func TestRefusalsAreLogged(t *testing.T) {
 	var mu sync.Mutex
 	var logs []string
-	pol, _ := policy.New([]policy.AudienceConfig{{Name: "eng", Allow: []string{"group:eng"}}},
-		policy.Defaults{TTL: time.Hour, MaxTTL: 24 * time.Hour, Algorithm: "ES256"})
+	pol, _ := audience.NewRegistry([]audience.Config{{Name: "eng", Allow: []string{"group:eng"}}},
+		audience.Defaults{TTL: time.Hour, MaxTTL: 24 * time.Hour, Algorithm: "ES256"})
 	s, err := New(Config{Issuer: "https://idp.example", Source: &staticSource{id: alice}, Signer: testManager(t), Policy: pol,
 		Logf: func(f string, a ...any) { mu.Lock(); logs = append(logs, fmt.Sprintf(f, a...)); mu.Unlock() }})
 	if err != nil {

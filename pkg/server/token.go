@@ -13,10 +13,10 @@ import (
 	"time"
 
 	"github.com/tsidp/tsidp/internal/duration"
+	"github.com/tsidp/tsidp/pkg/audience"
 	"github.com/tsidp/tsidp/pkg/claims"
 	"github.com/tsidp/tsidp/pkg/identity"
 	"github.com/tsidp/tsidp/pkg/keys"
-	"github.com/tsidp/tsidp/pkg/policy"
 )
 
 // IssuedTokenType is RFC 8693's token type for JWTs.
@@ -243,7 +243,7 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request) (claims.Token
 	}
 	ttl, err := aud.TTLFor(req.ttl, limit)
 	switch {
-	case errors.Is(err, policy.ErrCappedBelowMin):
+	case errors.Is(err, audience.ErrCappedBelowMin):
 		// enrich refuses such caps first; this is the backstop.
 		return claims.Token{}, "", &oauthError{http.StatusForbidden, "access_denied", err.Error()}
 	case err != nil:
@@ -267,7 +267,7 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request) (claims.Token
 // mayBeGranted reports whether an AudienceGranter (tailnet grants) grants
 // id the audience. enrich asks them again, with the others, when it does;
 // they answer from memory. A granter that fails grants nothing.
-func (s *Server) mayBeGranted(r *http.Request, id *identity.Identity, aud *policy.Audience, scopes []string) bool {
+func (s *Server) mayBeGranted(r *http.Request, id *identity.Identity, aud *audience.Audience, scopes []string) bool {
 	var req *claims.Request
 	for _, e := range s.cfg.Enrichers {
 		if _, ok := e.(claims.AudienceGranter); !ok {
@@ -286,7 +286,7 @@ func (s *Server) mayBeGranted(r *http.Request, id *identity.Identity, aud *polic
 // enrich asks every enricher in order and merges their claims. Any enricher
 // failure refuses the token: plugins apply their own on-error policy and only
 // report an error when that policy is to deny.
-func (s *Server) enrich(r *http.Request, id *identity.Identity, aud *policy.Audience, scopes []string) (extra []claims.Claim, granted bool, limit time.Duration, _ *oauthError) {
+func (s *Server) enrich(r *http.Request, id *identity.Identity, aud *audience.Audience, scopes []string) (extra []claims.Claim, granted bool, limit time.Duration, _ *oauthError) {
 	if len(s.cfg.Enrichers) == 0 {
 		return nil, false, 0, nil
 	}
@@ -321,12 +321,12 @@ func (s *Server) enrich(r *http.Request, id *identity.Identity, aud *policy.Audi
 		if _, ok := e.(claims.AudienceGranter); ok && contains(res.Audiences, aud.Name) {
 			granted = true
 		}
-		if res.MaxTTL > 0 && res.MaxTTL < policy.MinTTL {
+		if res.MaxTTL > 0 && res.MaxTTL < audience.MinTTL {
 			// Fail closed: a token that expires as it is issued is no
 			// token, and a longer one than the cap is not allowed.
-			s.refusalLogf("token: refused sub=%s aud=%q: %s capped the lifetime at %v, below the minimum %v", id.Subject, aud.Name, e.Name(), res.MaxTTL, policy.MinTTL)
+			s.refusalLogf("token: refused sub=%s aud=%q: %s capped the lifetime at %v, below the minimum %v", id.Subject, aud.Name, e.Name(), res.MaxTTL, audience.MinTTL)
 			return nil, false, 0, &oauthError{http.StatusForbidden, "access_denied",
-				fmt.Sprintf("the token lifetime was capped below the minimum of %v by %s", policy.MinTTL, e.Name())}
+				fmt.Sprintf("the token lifetime was capped below the minimum of %v by %s", audience.MinTTL, e.Name())}
 		}
 		if res.MaxTTL > 0 && (limit == 0 || res.MaxTTL < limit) {
 			limit = res.MaxTTL

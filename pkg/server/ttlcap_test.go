@@ -18,7 +18,7 @@ func (c capEnricher) Enrich(context.Context, *claims.Request) (*claims.Result, e
 }
 
 // TestEnricherCapBelowMinimum: an enricher (tailnet grants or a plugin) that
-// caps the lifetime below policy.MinTTL gets the request refused with 403
+// caps the lifetime below audience.MinTTL gets the request refused with 403
 // access_denied and no token. It used to yield a token with exp == iat.
 func TestEnricherCapBelowMinimum(t *testing.T) {
 	tests := []struct {

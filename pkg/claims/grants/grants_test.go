@@ -78,7 +78,7 @@ func TestMaxTTLTakesTheSmallest(t *testing.T) {
 }
 
 // TestBadMaxTTLRefusesRule: a rule whose max_ttl is not a duration of at
-// least policy.MinTTL is refused whole and logged, like a malformed rule. A
+// least audience.MinTTL is refused whole and logged, like a malformed rule. A
 // cap below the minimum used to pass through and yield tokens with exp ==
 // iat; and a rule whose cap is ignored must not still open its audiences.
 func TestBadMaxTTLRefusesRule(t *testing.T) {

@@ -1,4 +1,4 @@
-package policy
+package audience
 
 import (
 	"errors"
@@ -69,7 +69,7 @@ func TestAllowRules(t *testing.T) {
 		{"group:eng", alice, nil, false},
 	}
 	for _, tt := range tests {
-		p, err := New([]AudienceConfig{{Name: "api", Allow: []string{tt.rule}}}, defaults)
+		p, err := NewRegistry([]Config{{Name: "api", Allow: []string{tt.rule}}}, defaults)
 		if err != nil {
 			t.Fatalf("rule %q: %v", tt.rule, err)
 		}
@@ -80,7 +80,7 @@ func TestAllowRules(t *testing.T) {
 }
 
 func TestDenyByDefault(t *testing.T) {
-	p, err := New([]AudienceConfig{{Name: "api", Allow: []string{"tag:ci"}}}, defaults)
+	p, err := NewRegistry([]Config{{Name: "api", Allow: []string{"tag:ci"}}}, defaults)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,44 +90,44 @@ func TestDenyByDefault(t *testing.T) {
 	if p.Audience("api").Allows(alice, nil) {
 		t.Error("alice allowed without a matching rule")
 	}
-	if _, err := New([]AudienceConfig{{Name: "api"}}, defaults); err == nil || !strings.Contains(err.Error(), "allow is empty") {
+	if _, err := NewRegistry([]Config{{Name: "api"}}, defaults); err == nil || !strings.Contains(err.Error(), "allow is empty") {
 		t.Errorf("empty allow list accepted: %v", err)
 	}
 }
 
 func TestConfigErrors(t *testing.T) {
 	tests := []struct {
-		cfg  AudienceConfig
+		cfg  Config
 		want string
 	}{
-		{AudienceConfig{Allow: []string{"*"}}, "name is required"},
-		{AudienceConfig{Name: " api", Allow: []string{"*"}}, "spaces"},
-		{AudienceConfig{Name: "api", Allow: []string{"alice"}}, `must contain "@"`},
-		{AudienceConfig{Name: "api", Allow: []string{"role:x"}}, "unknown prefix"},
-		{AudienceConfig{Name: "api", Allow: []string{"tag:"}}, "empty after"},
-		{AudienceConfig{Name: "api", Allow: []string{"node:."}}, "empty after"},
-		{AudienceConfig{Name: "api", Allow: []string{"nodeid:"}}, "empty after"},
-		{AudienceConfig{Name: "api", Allow: []string{"[@x"}}, "malformed glob"},
-		{AudienceConfig{Name: "api", Allow: []string{"*"}, TTL: time.Second}, "shorter than"},
-		{AudienceConfig{Name: "api", Allow: []string{"*"}, TTL: 2 * time.Hour, MaxTTL: time.Hour}, "longer than max_ttl"},
-		{AudienceConfig{Name: "api", Allow: []string{"*"}, MaxTTL: 48 * time.Hour}, "tokens.max_ttl"},
-		{AudienceConfig{Name: "api", Allow: []string{"*"}, Algorithm: "HS256"}, "not one of"},
-		{AudienceConfig{Name: "api", Allow: []string{"*"}, Scopes: []string{"a b"}}, "scope"},
+		{Config{Allow: []string{"*"}}, "name is required"},
+		{Config{Name: " api", Allow: []string{"*"}}, "spaces"},
+		{Config{Name: "api", Allow: []string{"alice"}}, `must contain "@"`},
+		{Config{Name: "api", Allow: []string{"role:x"}}, "unknown prefix"},
+		{Config{Name: "api", Allow: []string{"tag:"}}, "empty after"},
+		{Config{Name: "api", Allow: []string{"node:."}}, "empty after"},
+		{Config{Name: "api", Allow: []string{"nodeid:"}}, "empty after"},
+		{Config{Name: "api", Allow: []string{"[@x"}}, "malformed glob"},
+		{Config{Name: "api", Allow: []string{"*"}, TTL: time.Second}, "shorter than"},
+		{Config{Name: "api", Allow: []string{"*"}, TTL: 2 * time.Hour, MaxTTL: time.Hour}, "longer than max_ttl"},
+		{Config{Name: "api", Allow: []string{"*"}, MaxTTL: 48 * time.Hour}, "tokens.max_ttl"},
+		{Config{Name: "api", Allow: []string{"*"}, Algorithm: "HS256"}, "not one of"},
+		{Config{Name: "api", Allow: []string{"*"}, Scopes: []string{"a b"}}, "scope"},
 	}
 	for _, tt := range tests {
-		_, err := New([]AudienceConfig{tt.cfg}, defaults)
+		_, err := NewRegistry([]Config{tt.cfg}, defaults)
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%+v: err = %v, want containing %q", tt.cfg, err, tt.want)
 		}
 	}
-	_, err := New([]AudienceConfig{{Name: "a", Allow: []string{"*"}}, {Name: "a", Allow: []string{"*"}}}, defaults)
+	_, err := NewRegistry([]Config{{Name: "a", Allow: []string{"*"}}, {Name: "a", Allow: []string{"*"}}}, defaults)
 	if err == nil || !strings.Contains(err.Error(), "twice") {
 		t.Errorf("duplicate audience: %v", err)
 	}
 }
 
 func TestTTLFor(t *testing.T) {
-	p, err := New([]AudienceConfig{{Name: "api", Allow: []string{"*"}, TTL: 15 * time.Minute, MaxTTL: time.Hour}}, defaults)
+	p, err := NewRegistry([]Config{{Name: "api", Allow: []string{"*"}, TTL: 15 * time.Minute, MaxTTL: time.Hour}}, defaults)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -159,7 +159,7 @@ func TestTTLFor(t *testing.T) {
 }
 
 func TestDefaultsInherited(t *testing.T) {
-	p, err := New([]AudienceConfig{{Name: "api", Allow: []string{"*"}}}, Defaults{TTL: 2 * time.Hour, MaxTTL: time.Hour, Algorithm: "EdDSA"})
+	p, err := NewRegistry([]Config{{Name: "api", Allow: []string{"*"}}}, Defaults{TTL: 2 * time.Hour, MaxTTL: time.Hour, Algorithm: "EdDSA"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -24,8 +24,8 @@ import (
 	"tailscale.com/tailcfg"
 	"tailscale.com/types/logger"
 
+	"github.com/tsidp/tsidp/pkg/audience"
 	"github.com/tsidp/tsidp/pkg/claims"
-	"github.com/tsidp/tsidp/pkg/policy"
 )
 
 // Rule is one capability value.
@@ -36,7 +36,7 @@ type Rule struct {
 	// Claims are extra claims for tokens the rule applies to.
 	Claims map[string]json.RawMessage `json:"claims"`
 	// MaxTTL caps the lifetime of tokens the rule applies to, as a Go
-	// duration ("15m") of at least policy.MinTTL. A rule with any other
+	// duration ("15m") of at least audience.MinTTL. A rule with any other
 	// value is refused whole.
 	MaxTTL string `json:"max_ttl"`
 }
@@ -89,8 +89,8 @@ func (e *Enricher) Enrich(_ context.Context, req *claims.Request) (*claims.Resul
 			// A rule is applied whole or not at all: without its cap, it
 			// could grant longer tokens than the policy author meant.
 			d, err := time.ParseDuration(r.MaxTTL)
-			if err != nil || d < policy.MinTTL {
-				e.logf("grants: %s: ignoring rule for %s: max_ttl %q is not a duration of at least %v", e.capability, req.Identity.Subject, r.MaxTTL, policy.MinTTL)
+			if err != nil || d < audience.MinTTL {
+				e.logf("grants: %s: ignoring rule for %s: max_ttl %q is not a duration of at least %v", e.capability, req.Identity.Subject, r.MaxTTL, audience.MinTTL)
 				continue
 			}
 			maxTTL = d

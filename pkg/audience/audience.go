@@ -1,7 +1,9 @@
-// Package policy decides which callers may get a token for which audience,
-// and for how long. It denies by default: an audience nobody configured does
-// not exist, and an audience without a matching allow rule refuses everyone.
-package policy
+// Package audience holds the audiences tsidp issues tokens for (the
+// registry of resources) and decides which callers may get a token for
+// which of them, and for how long. It denies by default: an audience nobody
+// configured does not exist, and an audience without a matching allow rule
+// refuses everyone.
+package audience
 
 import (
 	"errors"
@@ -14,8 +16,8 @@ import (
 	"github.com/tsidp/tsidp/pkg/identity"
 )
 
-// AudienceConfig is one audience as written in the configuration file.
-type AudienceConfig struct {
+// Config is one audience as written in the configuration file.
+type Config struct {
 	// Name is the token's "aud" value and what callers ask for
 	// (form field "audience" or "resource").
 	Name string `yaml:"name"`
@@ -65,15 +67,15 @@ type Audience struct {
 	rules     []rule
 }
 
-// Policy is the validated set of audiences.
-type Policy struct {
+// Registry is the validated set of audiences.
+type Registry struct {
 	byName map[string]*Audience
 	names  []string
 }
 
-// New validates cfgs against defaults and returns the policy.
-func New(cfgs []AudienceConfig, d Defaults) (*Policy, error) {
-	p := &Policy{byName: make(map[string]*Audience, len(cfgs))}
+// NewRegistry validates cfgs against defaults and returns the registry.
+func NewRegistry(cfgs []Config, d Defaults) (*Registry, error) {
+	p := &Registry{byName: make(map[string]*Audience, len(cfgs))}
 	for i, c := range cfgs {
 		a, err := compile(c, d)
 		if err != nil {
@@ -92,13 +94,13 @@ func New(cfgs []AudienceConfig, d Defaults) (*Policy, error) {
 }
 
 // Audience returns the audience named name, or nil.
-func (p *Policy) Audience(name string) *Audience { return p.byName[name] }
+func (p *Registry) Audience(name string) *Audience { return p.byName[name] }
 
 // Names returns the configured audience names in configuration order.
-func (p *Policy) Names() []string { return p.names }
+func (p *Registry) Names() []string { return p.names }
 
 // MaxTTL returns the longest lifetime any audience can issue.
-func (p *Policy) MaxTTL() time.Duration {
+func (p *Registry) MaxTTL() time.Duration {
 	var m time.Duration
 	for _, a := range p.byName {
 		m = max(m, a.MaxTTL)
@@ -155,7 +157,7 @@ func (a *Audience) TTLFor(requested, limit time.Duration) (time.Duration, error)
 // ScopeAllowed reports whether a may be asked for scope s.
 func (a *Audience) ScopeAllowed(s string) bool { return slices.Contains(a.Scopes, s) }
 
-func compile(c AudienceConfig, d Defaults) (*Audience, error) {
+func compile(c Config, d Defaults) (*Audience, error) {
 	if strings.TrimSpace(c.Name) == "" {
 		return nil, errors.New("name is required")
 	}
