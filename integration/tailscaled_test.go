@@ -278,8 +278,10 @@ func checkIssued(t *testing.T, r tokenResult, srv *tsidpServer, alg, aud string,
 			t.Errorf("%s: %s = %v", aud, k, got[k])
 		}
 	}
-	if got["exp"].(float64)-got["iat"].(float64) != float64(a.ExpiresIn) || got["nbf"] != got["iat"] {
-		t.Errorf("%s: exp %v iat %v nbf %v, expires_in %d", aud, got["exp"], got["iat"], got["nbf"], a.ExpiresIn)
+	// nbf is backdated by the clock skew (default 2m), so that verifiers
+	// whose clock lags accept a fresh token; iat is the issue time.
+	if got["exp"].(float64)-got["iat"].(float64) != float64(a.ExpiresIn) || got["iat"].(float64)-got["nbf"].(float64) != 120 {
+		t.Errorf("%s: exp %v iat %v nbf %v, expires_in %d; want nbf = iat - 120", aud, got["exp"], got["iat"], got["nbf"], a.ExpiresIn)
 	}
 	if jti, _ := got["jti"].(string); len(jti) != 22 {
 		t.Errorf("%s: jti %q", aud, got["jti"])

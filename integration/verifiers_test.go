@@ -38,6 +38,13 @@ type verifierProg struct {
 	library  string // docs/verifying.md table: Library
 	file     string // under integration/, also shown in docs/verifying.md
 	eddsa    bool   // whether the library verifies EdDSA
+	// libcClock: the program reads the time through libc, so that
+	// faketime can run it with a clock that lags.
+	libcClock bool
+	// futureIAT: the library refuses a token whose iat is ahead of its
+	// clock, so a verifier whose clock lags needs a leeway whatever nbf
+	// says (docs/verifying.md).
+	futureIAT bool
 
 	// prepare checks the program's dependencies, builds it if needed, and
 	// returns the command line to run it with. A missing part fails the
@@ -47,27 +54,27 @@ type verifierProg struct {
 
 var verifierProgs = []verifierProg{
 	{
-		name: "python-pyjwt", language: "Python", library: "PyJWT (`PyJWKClient`)", eddsa: true,
+		name: "python-pyjwt", libcClock: true, futureIAT: true, language: "Python", library: "PyJWT (`PyJWKClient`)", eddsa: true,
 		file: "verifiers/python/pyjwt_verify.py", prepare: pythonProg("jwt", "python3-jwt"),
 	},
 	{
-		name: "python-jwcrypto", language: "Python", library: "jwcrypto", eddsa: true,
+		name: "python-jwcrypto", libcClock: true, language: "Python", library: "jwcrypto", eddsa: true,
 		file: "verifiers/python/jwcrypto_verify.py", prepare: pythonProg("jwcrypto", "python3-jwcrypto"),
 	},
 	{
-		name: "python-authlib", language: "Python", library: "Authlib (`authlib.jose`)", eddsa: true,
+		name: "python-authlib", libcClock: true, language: "Python", library: "Authlib (`authlib.jose`)", eddsa: true,
 		file: "verifiers/python/authlib_verify.py", prepare: pythonProg("authlib.jose", "python3-authlib"),
 	},
 	{
-		name: "node-jose", language: "Node.js", library: "jose", eddsa: true,
+		name: "node-jose", libcClock: true, language: "Node.js", library: "jose", eddsa: true,
 		file: "verifiers/node/jose_verify.mjs", prepare: nodeProg("jose"),
 	},
 	{
-		name: "node-jsonwebtoken", language: "Node.js", library: "jsonwebtoken + jwks-rsa", eddsa: false,
+		name: "node-jsonwebtoken", libcClock: true, language: "Node.js", library: "jsonwebtoken + jwks-rsa", eddsa: false,
 		file: "verifiers/node/jsonwebtoken_verify.mjs", prepare: nodeProg("jsonwebtoken", "jwks-rsa"),
 	},
 	{
-		name: "perl-crypt-jwt", language: "Perl", library: "Crypt::JWT", eddsa: true,
+		name: "perl-crypt-jwt", libcClock: true, language: "Perl", library: "Crypt::JWT", eddsa: true,
 		file: "verifiers/perl/crypt_jwt_verify.pl", prepare: perlProg,
 	},
 	{
@@ -186,6 +193,10 @@ type verifierCase struct {
 	tokens   map[string]string // by algorithm
 	audience string            // the audience to require; "" for the token's own
 	reason   *regexp.Regexp    // a rejection's reason must match; nil: must be accepted
+	// lag, if set, runs the verifiers that read libc's clock under
+	// faketime, with their clock this far behind tsidp's; the others do
+	// not take part.
+	lag time.Duration
 }
 
 // TestVerifiers verifies RS256, ES256 and EdDSA tokens from tsidp (serving
@@ -230,22 +241,33 @@ func TestVerifiers(t *testing.T) {
 		for i, p := range verifierProgs {
 			for _, alg := range algs {
 				for _, c := range cases {
+					if c.lag != 0 && !p.libcClock {
+						continue
+					}
 					t.Run(fmt.Sprintf("%s/%s/%s", p.name, alg, c.name), func(t *testing.T) {
 						t.Parallel()
 						tok, want := c.tokens[alg], cmp.Or(c.audience, algAudience[alg])
-						r, err := runVerifier(ctx, argvs[i], srv.issuer, want, alg, tok)
+						argv := argvs[i]
+						if c.lag != 0 {
+							argv = append([]string{"faketime", "-f", fmt.Sprintf("-%ds", int(c.lag.Seconds()))}, argv...)
+						}
+						r, err := runVerifier(ctx, argv, srv.issuer, want, alg, tok)
 						if err != nil {
 							t.Fatal(err)
 						}
 						t.Logf("exit %d: %.200s", r.code, r.out)
+						reason := c.reason
+						if c.lag != 0 && p.futureIAT {
+							reason = regexp.MustCompile(`\(iat\)`)
+						}
 						switch {
 						case alg == "EdDSA" && !p.eddsa:
 							// The library cannot verify EdDSA at all: a good
 							// token says so (exit 2), and no token passes.
-							if (c.reason == nil && r.code != 2) || r.code == 0 {
+							if (reason == nil && r.code != 2) || r.code == 0 {
 								t.Errorf("%s verified by a library without EdDSA? exit %d: %s (stderr %s)", c.name, r.code, r.out, r.err)
 							}
-						case c.reason == nil:
+						case reason == nil:
 							if r.code != 0 {
 								t.Fatalf("rejected a valid token: exit %d: %s (stderr %s)", r.code, r.out, r.err)
 							}
@@ -257,8 +279,8 @@ func TestVerifiers(t *testing.T) {
 								t.Errorf("claims:\n got %v\nwant %v", got, want)
 							}
 						default:
-							if r.code != 1 || !c.reason.MatchString(r.out) || strings.Contains(r.out, "\n") {
-								t.Errorf("exit %d, reason %q (stderr %s); want exit 1 and a one-line reason matching %v", r.code, r.out, r.err, c.reason)
+							if r.code != 1 || !reason.MatchString(r.out) || strings.Contains(r.out, "\n") {
+								t.Errorf("exit %d, reason %q (stderr %s); want exit 1 and a one-line reason matching %v", r.code, r.out, r.err, reason)
 							}
 						}
 					})
@@ -278,6 +300,11 @@ func TestVerifiers(t *testing.T) {
 			verifierCase{name: "tampered-signature", tokens: tampered, reason: badSig},
 			verifierCase{name: "forged-claims", tokens: forged, reason: badSig},
 			verifierCase{name: "wrong-audience", tokens: valid, audience: "https://other.example", reason: regexp.MustCompile(`(?i)aud`)},
+			// A verifier whose clock runs 5 s behind tsidp's, with no
+			// leeway configured, still accepts a fresh token: nbf is
+			// backdated by the clock skew. (With nbf == iat, all six
+			// refused it.)
+			verifierCase{name: "clock-5s-behind", tokens: valid, lag: 5 * time.Second},
 		)
 	})
 

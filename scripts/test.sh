@@ -23,6 +23,7 @@ debs=(
   python3-grpcio python3-grpc-tools python3-protobuf python3-cryptography  # Python plugin
   nodejs npm                                     # Node verifier
   default-jdk-headless                           # Java verifier (javac)
+  faketime                                       # verifiers run with a clock behind tsidp's
 )
 missing=()
 for p in "${debs[@]}"; do

@@ -111,12 +111,28 @@ func (p *Registry) MaxTTL() time.Duration {
 // Allows reports whether the caller may get a token for a. groups is the
 // caller's "groups" claim as enrichers returned it.
 func (a *Audience) Allows(id *identity.Identity, groups []string) bool {
+	_, ok := a.Match(id, groups)
+	return ok
+}
+
+// Match returns the first allow rule of a that admits the caller, as
+// written in the configuration, and whether there is one.
+func (a *Audience) Match(id *identity.Identity, groups []string) (rule string, ok bool) {
 	for _, r := range a.rules {
 		if r.match(id, groups) {
-			return true
+			return r.src, true
 		}
 	}
-	return false
+	return "", false
+}
+
+// Rules returns a's allow rules as written in the configuration.
+func (a *Audience) Rules() []string {
+	out := make([]string, len(a.rules))
+	for i, r := range a.rules {
+		out[i] = r.src
+	}
+	return out
 }
 
 // UsesGroups reports whether any allow rule needs the "groups" claim, so the
@@ -203,6 +219,7 @@ func compile(c Config, d Defaults) (*Audience, error) {
 		if err != nil {
 			return nil, err
 		}
+		r.src = s
 		a.rules = append(a.rules, r)
 	}
 	return a, nil
@@ -224,6 +241,7 @@ const (
 type rule struct {
 	kind ruleKind
 	arg  string
+	src  string // as written
 }
 
 func parseRule(s string) (rule, error) {

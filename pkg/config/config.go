@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -25,6 +24,7 @@ import (
 	"github.com/tsidp/tsidp/pkg/audience"
 	"github.com/tsidp/tsidp/pkg/claims/plugin"
 	"github.com/tsidp/tsidp/pkg/identity"
+	"github.com/tsidp/tsidp/pkg/issue"
 	"github.com/tsidp/tsidp/pkg/keys"
 )
 
@@ -356,8 +356,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("config: backend %q: must be \"tailscale\" or \"tsnet\"", c.Backend)
 	}
 	if c.Issuer != "" {
-		if err := validateIssuer(c.Issuer); err != nil {
-			return fmt.Errorf("config: issuer: %w", err)
+		if err := issue.CheckIssuer(c.Issuer); err != nil {
+			return fmt.Errorf("config: %s", strings.TrimPrefix(err.Error(), "issue: "))
 		}
 	}
 	if !filepath.IsAbs(c.StateDir) {
@@ -439,26 +439,4 @@ func (c *Config) EtcdEndpoints() ([]string, error) {
 		eps = append(eps, e)
 	}
 	return eps, nil
-}
-
-func validateIssuer(s string) error {
-	u, err := url.Parse(s)
-	switch {
-	case err != nil:
-		return err
-	case u.Scheme != "https" && u.Scheme != "http":
-		return fmt.Errorf("%q must be an http or https URL", s)
-	case u.Host == "":
-		return fmt.Errorf("%q has no host", s)
-	case u.RawQuery != "" || u.ForceQuery || u.Fragment != "":
-		return fmt.Errorf("%q must not have a query or fragment", s)
-	case u.User != nil:
-		return fmt.Errorf("%q must not have user information", s)
-	case u.Path != "" || u.RawPath != "":
-		// Discovery, JWKS and the token endpoint are served at the root,
-		// and verifiers compare "iss" with the configured string exactly:
-		// a path (even a lone "/") would break one or the other.
-		return fmt.Errorf("%q has a path: tsidp serves at the root of its issuer URL; write it without a path or trailing slash, as %q", s, u.Scheme+"://"+u.Host)
-	}
-	return nil
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/tsidp/tsidp/pkg/claims/plugin"
 	"github.com/tsidp/tsidp/pkg/config"
 	"github.com/tsidp/tsidp/pkg/identity"
+	"github.com/tsidp/tsidp/pkg/issue"
 	"github.com/tsidp/tsidp/pkg/keys"
 	"github.com/tsidp/tsidp/pkg/server"
 )
@@ -175,12 +176,22 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 	for _, a := range kp.Algorithms {
 		algs = append(algs, string(a))
 	}
+	core, err := issue.New(issue.Config{
+		Issuer:    d.issuer,
+		Audiences: pol,
+		Enrichers: enrichers,
+		ClockSkew: kp.ClockSkew,
+		Logf:      logf,
+	})
+	if err != nil {
+		closeAll(lns)
+		return nil, fmt.Errorf("tsidp: %w", err)
+	}
+	d.goRun(func() { core.LogSummaries(runCtx, time.Minute) })
 	d.srv, err = server.New(server.Config{
-		Issuer:     d.issuer,
+		Core:       core,
 		Source:     d.source,
 		Signer:     d.keys,
-		Policy:     pol,
-		Enrichers:  enrichers,
 		Algorithms: algs,
 		JWKSMaxAge: kp.JWKSMaxAge,
 		Logf:       logf,

@@ -29,8 +29,8 @@ func TestReadyzDegraded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := New(Config{Issuer: "https://idp.example", Source: src, Signer: testManager(t), Policy: pol,
-		Algorithms: []string{"ES256"}, JWKSMaxAge: time.Hour,
+	s := newServerWith(t, pol, src, Config{
+		Algorithms: []string{"ES256"},
 		Ready: []Check{
 			{Name: "store", Degrades: true, Reason: "key store unreachable", Check: func(context.Context) error {
 				if storeDown.Load() {
@@ -45,9 +45,6 @@ func TestReadyzDegraded(t *testing.T) {
 				return nil
 			}},
 		}})
-	if err != nil {
-		t.Fatal(err)
-	}
 	type answer struct {
 		Status string `json:"status"`
 		Checks []struct {
@@ -131,15 +128,12 @@ func TestReadyzHidesDetail(t *testing.T) {
 	}
 	var mu sync.Mutex
 	var logs []string
-	s, err := New(Config{Issuer: "https://idp.example", Source: src, Signer: testManager(t), Policy: pol,
+	s := newServerWith(t, pol, src, Config{
 		Logf: func(f string, a ...any) { mu.Lock(); logs = append(logs, fmt.Sprintf(f, a...)); mu.Unlock() },
 		Ready: []Check{
 			{Name: "store", Degrades: true, Reason: "key store unreachable", Check: errFrom(&storeErr)},
 			{Name: "plugins", Reason: "a required claims plugin is not serving", Check: errFrom(&pluginErr)},
 		}})
-	if err != nil {
-		t.Fatal(err)
-	}
 	secrets := []string{"10.0.0.7:2379", "/run/tsidp/plugins/ldap.sock", "bind password rejected", "tailscaled.sock"}
 	readyz := func() (int, string) {
 		rec := httptest.NewRecorder()

@@ -23,6 +23,7 @@ import (
 	"github.com/tsidp/tsidp/pkg/audience"
 	"github.com/tsidp/tsidp/pkg/claims"
 	"github.com/tsidp/tsidp/pkg/identity"
+	"github.com/tsidp/tsidp/pkg/issue"
 	"github.com/tsidp/tsidp/pkg/keys"
 )
 
@@ -39,6 +40,9 @@ func (s *staticSource) Identify(ctx context.Context, peer netip.AddrPort) (*iden
 	s.calls.Add(1)
 	if s.down.Load() {
 		return nil, fmt.Errorf("test: %w", identity.ErrUnavailable)
+	}
+	if s.id == nil {
+		return nil, fmt.Errorf("test: %w", identity.ErrUnknownPeer)
 	}
 	return s.id, nil
 }
@@ -81,7 +85,7 @@ func testManager(t testing.TB) *keys.Manager {
 
 func newTestServer(t testing.TB, src identity.Source, enrichers ...claims.Enricher) *Server {
 	t.Helper()
-	pol, err := audience.NewRegistry([]audience.Config{
+	reg, err := audience.NewRegistry([]audience.Config{
 		{Name: "api", Allow: []string{"*@example.com"}},
 		{Name: "eddsa", Allow: []string{"*"}, Algorithm: "EdDSA"},
 		{Name: "rsa", Allow: []string{"*"}, Algorithm: "RS256"},
@@ -90,8 +94,26 @@ func newTestServer(t testing.TB, src identity.Source, enrichers ...claims.Enrich
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := New(Config{Issuer: "https://idp.example", Source: src, Signer: testManager(t), Policy: pol,
-		Enrichers: enrichers, Algorithms: []string{"ES256", "RS256", "EdDSA"}, JWKSMaxAge: time.Hour})
+	return newServerWith(t, reg, src, Config{}, enrichers...)
+}
+
+// newServerWith builds a Server for reg with cfg's other fields, with the
+// shared test key manager and an issuance core over enrichers.
+func newServerWith(t testing.TB, reg *audience.Registry, src identity.Source, cfg Config, enrichers ...claims.Enricher) *Server {
+	t.Helper()
+	core, err := issue.New(issue.Config{Issuer: "https://idp.example", Audiences: reg, Enrichers: enrichers,
+		ClockSkew: 2 * time.Minute, Logf: cfg.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Core, cfg.Source, cfg.Signer = core, src, testManager(t)
+	if cfg.Algorithms == nil {
+		cfg.Algorithms = []string{"ES256", "RS256", "EdDSA"}
+	}
+	if cfg.JWKSMaxAge == 0 {
+		cfg.JWKSMaxAge = time.Hour
+	}
+	s, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -168,7 +190,9 @@ func TestCachedIdentityStillFailsClosed(t *testing.T) {
 	}
 }
 
-// denyEnricher refuses everything; failingEnricher cannot answer.
+// denyEnricher refuses everything; failingEnricher cannot answer. They
+// stand in for plugins: what a plugin's answer means is the core's
+// business (pkg/issue); here only how a refusal is answered over HTTP.
 type denyEnricher struct{}
 
 func (denyEnricher) Name() string { return "deny" }
@@ -183,55 +207,79 @@ func (failingEnricher) Enrich(context.Context, *claims.Request) (*claims.Result,
 	return nil, errors.New("connection refused")
 }
 
-type groupsEnricher struct{ claims []claims.Claim }
-
-func (groupsEnricher) Name() string { return "groups" }
-func (g groupsEnricher) Enrich(context.Context, *claims.Request) (*claims.Result, error) {
-	return &claims.Result{Claims: g.claims, MaxTTL: 5 * time.Minute}, nil
+// postAudience asks s for a token for aud, as a tailnet peer would, and
+// returns the status, the headers and the decoded JSON answer.
+func postAudience(s *Server, aud string) (int, map[string]any) {
+	code, _, m := postForm(s, "audience="+aud)
+	return code, m
 }
 
-// postAudience asks s for a token for aud, as a tailnet peer would, and
-// returns the status and the decoded JSON answer.
-func postAudience(s *Server, aud string) (int, map[string]any) {
-	req := httptest.NewRequest("POST", "/token", strings.NewReader("audience="+aud))
+func postForm(s *Server, body string) (int, http.Header, map[string]any) {
+	req := httptest.NewRequest("POST", "/token", strings.NewReader(body))
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	req.RemoteAddr = "100.64.0.5:4242"
 	rec := httptest.NewRecorder()
 	s.Handler().ServeHTTP(rec, req)
 	var m map[string]any
 	json.Unmarshal(rec.Body.Bytes(), &m)
-	return rec.Code, m
+	return rec.Code, rec.Header(), m
 }
 
-func TestEnrichers(t *testing.T) {
-	post := postAudience
-	src := &staticSource{id: alice}
-
-	if code, m := post(newTestServer(t, src, denyEnricher{}), "api"); code != 403 || m["error_description"] != "not on the list" {
-		t.Errorf("deny: %d %v", code, m)
+// TestAnswers: how the token endpoint answers each kind of outcome: RFC
+// 6749 JSON with the core's status and code, never a token with an error,
+// WWW-Authenticate for an unknown peer, Retry-After while something is
+// down, no caching of either.
+func TestAnswers(t *testing.T) {
+	down := &staticSource{id: alice}
+	down.down.Store(true)
+	tests := []struct {
+		name   string
+		s      *Server
+		body   string
+		status int
+		code   string
+		desc   string
+		header string // a header that must be set, "Name: value"
+	}{
+		{"token", newTestServer(t, &staticSource{id: alice}), "audience=api", 200, "", "", "Cache-Control: no-store"},
+		{"resource spelling", newTestServer(t, &staticSource{id: alice}), "resource=api", 200, "", "", ""},
+		{"unknown peer", newTestServer(t, &staticSource{}), "audience=api", 401, "invalid_client", "caller is not a node of this tailnet", `WWW-Authenticate: Tailscale realm="tailnet"`},
+		{"tailscaled down", newTestServer(t, down), "audience=api", 503, "temporarily_unavailable", "tailnet identity is unavailable", "Retry-After: 1"},
+		{"not allowed", newTestServer(t, &staticSource{id: bobTest}), "audience=api", 403, "access_denied", `bob@other.example may not get tokens for audience "api"`, "Cache-Control: no-store"},
+		{"plugin says no", newTestServer(t, &staticSource{id: alice}, denyEnricher{}), "audience=api", 403, "access_denied", "not on the list", ""},
+		{"plugin down", newTestServer(t, &staticSource{id: alice}, failingEnricher{}), "audience=api", 503, "temporarily_unavailable", `claims source "ldap" is unavailable`, "Retry-After: 1"},
+		{"unknown audience", newTestServer(t, &staticSource{id: alice}), "audience=nope", 400, "invalid_target", `audience "nope" is not configured`, ""},
+		{"both spellings differ", newTestServer(t, &staticSource{id: alice}), "audience=api&resource=rsa", 400, "invalid_request", "give either audience or resource, not both", ""},
+		{"no audience", newTestServer(t, &staticSource{id: alice}), "scope=x", 400, "invalid_request", "audience (or resource) is required", ""},
+		{"twice", newTestServer(t, &staticSource{id: alice}), "audience=api&audience=rsa", 400, "invalid_request", `parameter "audience" is given more than once`, ""},
+		{"grant type", newTestServer(t, &staticSource{id: alice}), "grant_type=password&audience=api", 400, "unsupported_grant_type", `grant_type "password" is not supported`, ""},
+		{"bad ttl", newTestServer(t, &staticSource{id: alice}), "audience=api&ttl=87600001h", 400, "invalid_request", `ttl "87600001h" is out of range`, ""},
 	}
-	if code, m := post(newTestServer(t, src, failingEnricher{}), "api"); code != 503 || m["access_token"] != nil {
-		t.Errorf("failing enricher: %d %v", code, m)
-	}
-	// Without the groups claim, alice may not use "eng"; with it she may,
-	// and the enricher's TTL cap and claims reach the token, minus the
-	// reserved claim it tried to set.
-	if code, _ := post(newTestServer(t, src), "eng"); code != 403 {
-		t.Errorf("eng without groups: %d", code)
-	}
-	g := groupsEnricher{claims: []claims.Claim{
-		{Name: "groups", Value: json.RawMessage(`["eng"]`)},
-		{Name: "sub", Value: json.RawMessage(`"user:0"`)},
-	}}
-	code, m := post(newTestServer(t, src, g), "eng")
-	if code != 200 || m["expires_in"] != float64(300) {
-		t.Fatalf("eng with groups: %d %v", code, m)
-	}
-	c := verify(t, m["access_token"].(string), "ES256")
-	if c["sub"] != "user:1" || fmt.Sprint(c["groups"]) != "[eng]" {
-		t.Errorf("claims = %v", c)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, h, m := postForm(tt.s, tt.body)
+			if code != tt.status {
+				t.Fatalf("status %d %v, want %d", code, m, tt.status)
+			}
+			if tt.status == 200 {
+				if m["access_token"] == nil || m["token_type"] != "Bearer" || m["error"] != nil {
+					t.Errorf("answer %v", m)
+				}
+			} else if m["error"] != tt.code || !strings.Contains(fmt.Sprint(m["error_description"]), tt.desc) || m["access_token"] != nil {
+				t.Errorf("answer %v, want error %q with %q", m, tt.code, tt.desc)
+			}
+			if tt.header != "" {
+				name, value, _ := strings.Cut(tt.header, ": ")
+				if got := h.Get(name); got != value {
+					t.Errorf("%s: %q, want %q", name, got, value)
+				}
+			}
+		})
 	}
 }
+
+var bobTest = &identity.Identity{Subject: "user:2", UserID: "2", LoginName: "bob@other.example",
+	NodeName: "pc.tail1.ts.net", NodeID: "nB", Tailnet: "tail1.ts.net"}
 
 func verify(t testing.TB, token, alg string) map[string]any {
 	t.Helper()
@@ -348,24 +396,24 @@ func TestLimits(t *testing.T) {
 	}
 }
 
+// TestRefusalsAreLogged: callers refused by their identity (the server's
+// part) and by the decision (the core's) are both in the log.
 func TestRefusalsAreLogged(t *testing.T) {
 	var mu sync.Mutex
 	var logs []string
-	pol, _ := audience.NewRegistry([]audience.Config{{Name: "eng", Allow: []string{"group:eng"}}},
+	logf := func(f string, a ...any) { mu.Lock(); logs = append(logs, fmt.Sprintf(f, a...)); mu.Unlock() }
+	reg, _ := audience.NewRegistry([]audience.Config{{Name: "eng", Allow: []string{"group:eng"}}},
 		audience.Defaults{TTL: time.Hour, MaxTTL: 24 * time.Hour, Algorithm: "ES256"})
-	s, err := New(Config{Issuer: "https://idp.example", Source: &staticSource{id: alice}, Signer: testManager(t), Policy: pol,
-		Logf: func(f string, a ...any) { mu.Lock(); logs = append(logs, fmt.Sprintf(f, a...)); mu.Unlock() }})
-	if err != nil {
-		t.Fatal(err)
+	if code, _ := postAudience(newServerWith(t, reg, &staticSource{id: alice}, Config{Logf: logf}), "eng"); code != 403 {
+		t.Fatalf("status %d", code)
 	}
-	req := httptest.NewRequest("POST", "/token", strings.NewReader("audience=eng"))
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	req.RemoteAddr = "100.64.0.5:4242"
-	rec := httptest.NewRecorder()
-	s.Handler().ServeHTTP(rec, req)
+	if code, _ := postAudience(newServerWith(t, reg, &staticSource{}, Config{Logf: logf}), "eng"); code != 401 {
+		t.Fatalf("status %d", code)
+	}
 	mu.Lock()
 	defer mu.Unlock()
-	if rec.Code != 403 || len(logs) != 1 || !strings.Contains(logs[0], "refused sub=user:1") || !strings.Contains(logs[0], `aud="eng"`) {
-		t.Errorf("status %d, logs %q", rec.Code, logs)
+	if len(logs) != 2 || !strings.Contains(logs[0], `refused alice@example.com for audience "eng": no allow rule`) ||
+		!strings.Contains(logs[1], "token: refused 100.64.0.5:4242: invalid_client") {
+		t.Errorf("logs %q", logs)
 	}
 }

@@ -1,8 +1,6 @@
 package server
 
 import (
-	"crypto/rand"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"mime"
@@ -13,9 +11,8 @@ import (
 	"time"
 
 	"github.com/tsidp/tsidp/internal/duration"
-	"github.com/tsidp/tsidp/pkg/audience"
 	"github.com/tsidp/tsidp/pkg/claims"
-	"github.com/tsidp/tsidp/pkg/identity"
+	"github.com/tsidp/tsidp/pkg/issue"
 	"github.com/tsidp/tsidp/pkg/keys"
 )
 
@@ -35,75 +32,57 @@ var (
 	hvNoCache = []string{"no-cache"}
 )
 
-// oauthError is an RFC 6749 §5.2 error answer.
-type oauthError struct {
-	status int
-	code   string
-	desc   string
-}
-
-func (e *oauthError) Error() string { return e.code + ": " + e.desc }
-
-func badRequest(desc string) *oauthError {
-	return &oauthError{http.StatusBadRequest, "invalid_request", desc}
-}
-
-// tokenRequest is a parsed, syntactically valid POST /token.
-type tokenRequest struct {
-	audience string
-	scopes   []string
-	ttl      time.Duration
-}
-
 // parseTokenRequest reads and checks the form. Only the body counts: query
 // parameters are ignored, and a parameter given twice is an error (RFC 6749 §3.2).
-func parseTokenRequest(w http.ResponseWriter, r *http.Request) (*tokenRequest, *oauthError) {
+func parseTokenRequest(w http.ResponseWriter, r *http.Request) (issue.Request, *issue.Refusal) {
 	ct, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	if err != nil || ct != "application/x-www-form-urlencoded" {
-		return nil, badRequest("Content-Type must be application/x-www-form-urlencoded")
+		return issue.Request{}, issue.InvalidRequest("Content-Type must be application/x-www-form-urlencoded")
 	}
 	r.Body = http.MaxBytesReader(w, r.Body, maxFormBytes)
 	if err := r.ParseForm(); err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			return nil, &oauthError{http.StatusRequestEntityTooLarge, "invalid_request",
-				fmt.Sprintf("request body is over %d bytes", maxFormBytes)}
+			ref := issue.InvalidRequest(fmt.Sprintf("request body is over %d bytes", maxFormBytes))
+			ref.Status = http.StatusRequestEntityTooLarge
+			return issue.Request{}, ref
 		}
-		return nil, badRequest("malformed form body")
+		return issue.Request{}, issue.InvalidRequest("malformed form body")
 	}
 	form := r.PostForm
 	for k, v := range form {
 		if len(v) > 1 {
-			return nil, badRequest(fmt.Sprintf("parameter %q is given more than once", k))
+			return issue.Request{}, issue.InvalidRequest(fmt.Sprintf("parameter %q is given more than once", k))
 		}
 	}
 	switch gt := form.Get("grant_type"); gt {
 	case "", "client_credentials":
 	default:
-		return nil, &oauthError{http.StatusBadRequest, "unsupported_grant_type",
-			fmt.Sprintf("grant_type %q is not supported; use client_credentials", gt)}
+		ref := issue.InvalidRequest(fmt.Sprintf("grant_type %q is not supported; use client_credentials", gt))
+		ref.Code = "unsupported_grant_type"
+		return issue.Request{}, ref
 	}
 	aud, res := form.Get("audience"), form.Get("resource")
 	switch {
 	case aud != "" && res != "" && aud != res:
-		return nil, badRequest("give either audience or resource, not both")
+		return issue.Request{}, issue.InvalidRequest("give either audience or resource, not both")
 	case aud == "" && res == "":
-		return nil, badRequest("audience (or resource) is required")
+		return issue.Request{}, issue.InvalidRequest("audience (or resource) is required")
 	case aud == "":
 		aud = res
 	}
-	tr := &tokenRequest{audience: aud}
+	req := issue.Request{Audience: aud}
 	if sc := form.Get("scope"); sc != "" {
-		tr.scopes = strings.Fields(sc)
+		req.Scopes = strings.Fields(sc)
 	}
 	if v := form.Get("ttl"); v != "" {
 		d, err := parseTTL(v)
 		if err != nil {
-			return nil, badRequest(err.Error())
+			return issue.Request{}, issue.InvalidRequest(err.Error())
 		}
-		tr.ttl = d
+		req.TTL = d
 	}
-	return tr, nil
+	return req, nil
 }
 
 // parseTTL accepts whole seconds ("300") or a Go duration ("5m").
@@ -124,53 +103,62 @@ func parseTTL(v string) (time.Duration, error) {
 	return d, nil
 }
 
-// identityError maps an identity failure to what the caller sees. Nothing
-// here says more than the caller needs: no internal addresses, no backends.
-func identityError(err error) *oauthError {
-	var denied *identity.DeniedError
-	switch {
-	case errors.As(err, &denied):
-		return &oauthError{http.StatusForbidden, "access_denied", denied.Reason}
-	case errors.Is(err, identity.ErrUnknownPeer):
-		return &oauthError{http.StatusUnauthorized, "invalid_client", "caller is not a node of this tailnet"}
-	default:
-		return &oauthError{http.StatusServiceUnavailable, "temporarily_unavailable",
-			"tailnet identity is unavailable; try again shortly"}
-	}
-}
-
+// serveToken is POST /token: parse, identify, decide, sign, answer.
 func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
-	t, alg, oerr := s.authorize(w, r)
-	if oerr == nil {
-		oerr = s.respondWithToken(w, &t, alg)
-	}
-	if oerr != nil {
-		s.metrics.requests.Add(oerr.code, 1)
-		if oerr.status == http.StatusUnauthorized {
-			w.Header().Set("WWW-Authenticate", `Tailscale realm="tailnet"`)
-		}
-		if oerr.status == http.StatusServiceUnavailable {
-			w.Header().Set("Retry-After", "1")
-		}
-		writeError(w, oerr.status, oerr.code, oerr.desc)
+	ref := s.issueToken(w, r)
+	if ref == nil {
+		s.metrics.requests.Add("ok", 1)
+		s.metrics.issued.Add(1)
 		return
 	}
-	s.metrics.requests.Add("ok", 1)
-	s.metrics.issued.Add(1)
+	s.metrics.requests.Add(ref.Code, 1)
+	switch ref.Status {
+	case http.StatusUnauthorized:
+		w.Header().Set("WWW-Authenticate", `Tailscale realm="tailnet"`)
+	case http.StatusServiceUnavailable:
+		w.Header().Set("Retry-After", "1")
+	}
+	writeError(w, ref.Status, ref.Code, ref.Description)
+}
+
+// issueToken answers with a token, or returns why not without answering.
+func (s *Server) issueToken(w http.ResponseWriter, r *http.Request) *issue.Refusal {
+	req, ref := parseTokenRequest(w, r)
+	if ref != nil {
+		return ref
+	}
+	// Identity comes before the decision, so that callers outside the
+	// tailnet learn nothing about which audiences exist.
+	id, err := s.identify(r)
+	if err != nil {
+		ref := issue.IdentityRefusal(err)
+		if ref.Status == http.StatusServiceUnavailable {
+			s.cfg.Logf("token: %v", err)
+		} else {
+			s.refusalLogf("token: refused %s: %s (%s)", r.RemoteAddr, ref.Code, ref.Reason)
+		}
+		return ref
+	}
+	d, ref := s.cfg.Core.Decide(r.Context(), id, req)
+	if ref != nil {
+		return ref
+	}
+	return s.respondWithToken(w, &d.Token, d.Algorithm)
 }
 
 // respondWithToken encodes and signs t straight into the response buffer.
-func (s *Server) respondWithToken(w http.ResponseWriter, t *claims.Token, alg keys.Algorithm) *oauthError {
+func (s *Server) respondWithToken(w http.ResponseWriter, t *claims.Token, alg keys.Algorithm) *issue.Refusal {
 	pb, rb := tokenBufs.Get().(*[]byte), tokenBufs.Get().(*[]byte)
 	defer func() { tokenBufs.Put(pb); tokenBufs.Put(rb) }()
 
 	payload := t.AppendJSON((*pb)[:0])
 	*pb = payload
 	b := append((*rb)[:0], `{"access_token":"`...)
-	b, kid, err := s.cfg.Signer.Sign(b, alg, payload)
+	b, _, err := s.cfg.Signer.Sign(b, alg, payload)
 	if err != nil {
 		s.cfg.Logf("token: signing for %q with %s: %v", t.Audience, alg, err)
-		return &oauthError{http.StatusInternalServerError, "server_error", "could not sign the token"}
+		return &issue.Refusal{Status: http.StatusInternalServerError, Code: "server_error",
+			Description: "could not sign the token", Reason: "signing failed: " + err.Error()}
 	}
 	ttl := t.Expiry.Sub(t.IssuedAt)
 	b = append(b, `","token_type":"Bearer","expires_in":`...)
@@ -187,173 +175,7 @@ func (s *Server) respondWithToken(w http.ResponseWriter, t *claims.Token, alg ke
 	h["Cache-Control"] = hvNoStore
 	h["Pragma"] = hvNoCache
 	w.Write(b)
-	s.cfg.Logf("token: issued sub=%s aud=%q kid=%s jti=%s ttl=%v", t.Subject, t.Audience, kid, t.ID, ttl)
 	return nil
-}
-
-// authorize runs the request path up to signing: parse, identify, policy,
-// enrich. It returns claims only when every step succeeded: any doubt is an
-// error.
-func (s *Server) authorize(w http.ResponseWriter, r *http.Request) (claims.Token, keys.Algorithm, *oauthError) {
-	req, oerr := parseTokenRequest(w, r)
-	if oerr != nil {
-		return claims.Token{}, "", oerr
-	}
-	// Identity comes before the audience lookup, so that callers outside
-	// the tailnet learn nothing about which audiences exist.
-	id, err := s.identify(r)
-	if err != nil {
-		oe := identityError(err)
-		if oe.status == http.StatusServiceUnavailable {
-			s.cfg.Logf("token: %v", err)
-		} else {
-			s.refusalLogf("token: refused %s: %s (%v)", r.RemoteAddr, oe.code, err)
-		}
-		return claims.Token{}, "", oe
-	}
-	aud := s.cfg.Policy.Audience(req.audience)
-	if aud == nil {
-		return claims.Token{}, "", &oauthError{http.StatusBadRequest, "invalid_target",
-			fmt.Sprintf("audience %q is not configured", req.audience)}
-	}
-	for _, sc := range req.scopes {
-		if !aud.ScopeAllowed(sc) {
-			return claims.Token{}, "", &oauthError{http.StatusBadRequest, "invalid_scope",
-				fmt.Sprintf("scope %q is not available for audience %q", sc, aud.Name)}
-		}
-	}
-
-	// Refuse before asking plugins when nothing they say could change the
-	// answer: they would see (and look up) callers who get no token, and a
-	// plugin that is down would turn this 403 into a 503.
-	admitted := aud.Allows(id, nil)
-	if !admitted && !aud.UsesGroups() && !s.mayBeGranted(r, id, aud, req.scopes) {
-		s.refusalLogf("token: refused sub=%s node=%s aud=%q: no allow rule matches", id.Subject, id.NodeName, aud.Name)
-		return claims.Token{}, "", &oauthError{http.StatusForbidden, "access_denied",
-			fmt.Sprintf("%s may not get tokens for audience %q", describe(id), aud.Name)}
-	}
-	extra, granted, limit, oerr := s.enrich(r, id, aud, req.scopes)
-	if oerr != nil {
-		return claims.Token{}, "", oerr
-	}
-	if !admitted && !granted && !aud.Allows(id, claims.Strings(extra, "groups")) {
-		s.refusalLogf("token: refused sub=%s node=%s aud=%q: no allow rule matches", id.Subject, id.NodeName, aud.Name)
-		return claims.Token{}, "", &oauthError{http.StatusForbidden, "access_denied",
-			fmt.Sprintf("%s may not get tokens for audience %q", describe(id), aud.Name)}
-	}
-	ttl, err := aud.TTLFor(req.ttl, limit)
-	switch {
-	case errors.Is(err, audience.ErrCappedBelowMin):
-		// enrich refuses such caps first; this is the backstop.
-		return claims.Token{}, "", &oauthError{http.StatusForbidden, "access_denied", err.Error()}
-	case err != nil:
-		return claims.Token{}, "", badRequest(err.Error())
-	}
-	now := s.cfg.Now()
-	return claims.Token{
-		Issuer:    s.cfg.Issuer,
-		Subject:   id.Subject,
-		Audience:  aud.Name,
-		IssuedAt:  now,
-		NotBefore: now,
-		Expiry:    now.Add(ttl),
-		ID:        newJTI(),
-		Scope:     strings.Join(req.scopes, " "),
-		Identity:  id,
-		Extra:     extra,
-	}, keys.Algorithm(aud.Algorithm), nil
-}
-
-// mayBeGranted reports whether an AudienceGranter (tailnet grants) grants
-// id the audience. enrich asks them again, with the others, when it does;
-// they answer from memory. A granter that fails grants nothing.
-func (s *Server) mayBeGranted(r *http.Request, id *identity.Identity, aud *audience.Audience, scopes []string) bool {
-	var req *claims.Request
-	for _, e := range s.cfg.Enrichers {
-		if _, ok := e.(claims.AudienceGranter); !ok {
-			continue
-		}
-		if req == nil {
-			req = &claims.Request{Identity: id, Audience: aud.Name, Scopes: scopes}
-		}
-		if res, err := e.Enrich(r.Context(), req); err == nil && res != nil && !res.Deny && contains(res.Audiences, aud.Name) {
-			return true
-		}
-	}
-	return false
-}
-
-// enrich asks every enricher in order and merges their claims. Any enricher
-// failure refuses the token: plugins apply their own on-error policy and only
-// report an error when that policy is to deny.
-func (s *Server) enrich(r *http.Request, id *identity.Identity, aud *audience.Audience, scopes []string) (extra []claims.Claim, granted bool, limit time.Duration, _ *oauthError) {
-	if len(s.cfg.Enrichers) == 0 {
-		return nil, false, 0, nil
-	}
-	req := &claims.Request{Identity: id, Audience: aud.Name, Scopes: scopes}
-	for _, e := range s.cfg.Enrichers {
-		res, err := e.Enrich(r.Context(), req)
-		if err != nil {
-			s.cfg.Logf("token: enricher %s: %v", e.Name(), err)
-			return nil, false, 0, &oauthError{http.StatusServiceUnavailable, "temporarily_unavailable",
-				fmt.Sprintf("claims source %q is unavailable", e.Name())}
-		}
-		if res == nil {
-			continue
-		}
-		if res.Deny {
-			reason := res.Reason
-			if reason == "" {
-				reason = "refused by " + e.Name()
-			}
-			s.refusalLogf("token: refused sub=%s aud=%q by %s: %s", id.Subject, aud.Name, e.Name(), reason)
-			return nil, false, 0, &oauthError{http.StatusForbidden, "access_denied", reason}
-		}
-		valid := res.Claims[:0:0]
-		for _, c := range res.Claims {
-			if err := c.Validate(nil); err != nil {
-				s.cfg.Logf("token: enricher %s: dropping claim: %v", e.Name(), err)
-				continue
-			}
-			valid = append(valid, c)
-		}
-		extra = claims.Merge(extra, valid)
-		if _, ok := e.(claims.AudienceGranter); ok && contains(res.Audiences, aud.Name) {
-			granted = true
-		}
-		if res.MaxTTL > 0 && res.MaxTTL < audience.MinTTL {
-			// Fail closed: a token that expires as it is issued is no
-			// token, and a longer one than the cap is not allowed.
-			s.refusalLogf("token: refused sub=%s aud=%q: %s capped the lifetime at %v, below the minimum %v", id.Subject, aud.Name, e.Name(), res.MaxTTL, audience.MinTTL)
-			return nil, false, 0, &oauthError{http.StatusForbidden, "access_denied",
-				fmt.Sprintf("the token lifetime was capped below the minimum of %v by %s", audience.MinTTL, e.Name())}
-		}
-		if res.MaxTTL > 0 && (limit == 0 || res.MaxTTL < limit) {
-			limit = res.MaxTTL
-		}
-	}
-	size := 0
-	for _, c := range extra {
-		size += len(c.Name) + len(c.Value)
-	}
-	if size > claims.MaxExtraBytes {
-		s.cfg.Logf("token: extra claims for %s total %d bytes, over %d", id.Subject, size, claims.MaxExtraBytes)
-		return nil, false, 0, &oauthError{http.StatusInternalServerError, "server_error", "claims for this caller are too large"}
-	}
-	return extra, granted, limit, nil
-}
-
-func describe(id *identity.Identity) string {
-	if id.Tagged {
-		return "tagged device " + id.NodeName
-	}
-	return id.LoginName
-}
-
-func newJTI() string {
-	var b [16]byte
-	rand.Read(b[:])
-	return base64.RawURLEncoding.EncodeToString(b[:])
 }
 
 // writeError writes an RFC 6749 §5.2 JSON error.
