@@ -18,6 +18,7 @@ import (
 	"tailscale.com/client/local"
 	"tailscale.com/tsweb/varz"
 
+	"github.com/tsidp/tsidp/internal/httpsrv"
 	"github.com/tsidp/tsidp/pkg/admin"
 	"github.com/tsidp/tsidp/pkg/claims"
 	"github.com/tsidp/tsidp/pkg/claims/grants"
@@ -243,7 +244,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 		}
 		mux := http.NewServeMux()
 		mux.HandleFunc("/metrics", varz.Handler)
-		d.serveHTTP(&http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}, mln)
+		d.serveHTTP(httpsrv.New(mux, httpsrv.Options{}), mln)
 	}
 	publishMetrics(d.srv)
 	publishStoreMetrics(d.stores)

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/tsidp/tsidp/internal/httpsrv"
 	"tailscale.com/tsnet"
 )
 
@@ -117,14 +118,13 @@ func NewGateway(listenAddr string, via *tsnet.Server, target string) (*Gateway, 
 		url:    "http://" + ln.Addr().String(),
 		served: make(chan error, 1),
 	}
-	g.srv = &http.Server{
-		Handler:           bufferBody(rp),
+	g.srv = httpsrv.New(bufferBody(rp), httpsrv.Options{
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       GatewayRequestTimeout,
 		WriteTimeout:      GatewayRequestTimeout + 5*time.Second,
 		IdleTimeout:       60 * time.Second,
 		MaxHeaderBytes:    64 << 10,
-	}
+	})
 	go func() { g.served <- g.srv.Serve(ln) }()
 	return g, nil
 }
