@@ -6,6 +6,7 @@ import (
 	"os"
 
 	"github.com/urfave/cli/v2"
+	"tailscale.com/types/logger"
 
 	"github.com/tsidp/tsidp/pkg/config"
 	"github.com/tsidp/tsidp/pkg/sandbox"
@@ -38,7 +39,7 @@ Each gateway forwards requests through the tailnet to tsidp, so plain curl works
 			// --store etcd://… runs the sandbox's tsidp as a replica of
 			// that store.
 			applyStoreFlags(c, cfg)
-			logf := func(string, ...any) {}
+			logf := logger.Discard
 			if c.Bool("verbose") {
 				logf = log.New(os.Stderr, "", log.LstdFlags).Printf
 			}

@@ -17,6 +17,7 @@ import (
 
 	"tailscale.com/client/local"
 	"tailscale.com/tsweb/varz"
+	"tailscale.com/types/logger"
 
 	"github.com/tsidp/tsidp/internal/httpsrv"
 	"github.com/tsidp/tsidp/pkg/admin"
@@ -35,7 +36,7 @@ type Options struct {
 	// Version is reported by the admin API.
 	Version string
 	// Logf logs; nil means the standard logger.
-	Logf func(format string, args ...any)
+	Logf logger.Logf
 	// TSNetInMemory keeps the tsnet node's state in memory (sandbox).
 	TSNetInMemory bool
 	// Builtins are plugins compiled into the binary, for "builtin:" in
@@ -47,7 +48,7 @@ type Options struct {
 type Daemon struct {
 	cfg    *config.Config
 	opts   Options
-	logf   func(string, ...any)
+	logf   logger.Logf
 	issuer string
 
 	store   keys.Store

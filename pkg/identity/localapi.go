@@ -11,6 +11,7 @@ import (
 
 	"tailscale.com/client/local"
 	"tailscale.com/ipn"
+	"tailscale.com/types/logger"
 )
 
 // LocalAPI is a Source backed by tailscaled's LocalAPI: a local tailscaled over
@@ -22,7 +23,7 @@ import (
 type LocalAPI struct {
 	client *local.Client
 	rules  Rules
-	logf   func(format string, args ...any)
+	logf   logger.Logf
 
 	// WhoIsTimeout bounds one WhoIs call.
 	whoisTimeout time.Duration
@@ -55,13 +56,13 @@ var (
 
 // NewLocalAPI returns a Source using client and starts watching the backend
 // state. Call Close to stop watching.
-func NewLocalAPI(client *local.Client, rules Rules, logf func(string, ...any)) *LocalAPI {
+func NewLocalAPI(client *local.Client, rules Rules, logf logger.Logf) *LocalAPI {
 	return newLocalAPI(client, rules, logf, sleepCtx)
 }
 
-func newLocalAPI(client *local.Client, rules Rules, logf func(string, ...any), wait func(context.Context, time.Duration) bool) *LocalAPI {
+func newLocalAPI(client *local.Client, rules Rules, logf logger.Logf, wait func(context.Context, time.Duration) bool) *LocalAPI {
 	if logf == nil {
-		logf = func(string, ...any) {}
+		logf = logger.Discard
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &LocalAPI{

@@ -15,6 +15,7 @@ import (
 	"tailscale.com/logtail"
 	"tailscale.com/net/netns"
 	"tailscale.com/tsnet"
+	"tailscale.com/types/logger"
 )
 
 // TSNetConfig configures the "tsnet" backend: tsidp runs as its own tailnet
@@ -81,7 +82,7 @@ type TSNet struct {
 
 // StartTSNet brings up the node and returns once it is Running. The auth key
 // is read here and handed to tsnet only; it never appears in logs.
-func StartTSNet(ctx context.Context, cfg TSNetConfig, rules Rules, logf func(string, ...any)) (*TSNet, error) {
+func StartTSNet(ctx context.Context, cfg TSNetConfig, rules Rules, logf logger.Logf) (*TSNet, error) {
 	authKey := os.Getenv("TS_AUTHKEY")
 	if cfg.AuthKeyFile != "" {
 		b, err := os.ReadFile(cfg.AuthKeyFile)
@@ -109,7 +110,7 @@ func StartTSNet(ctx context.Context, cfg TSNetConfig, rules Rules, logf func(str
 		Ephemeral:     cfg.Ephemeral,
 		AdvertiseTags: cfg.AdvertiseTags,
 		UserLogf:      logf,
-		Logf:          func(string, ...any) {}, // backend chatter; too noisy for operators
+		Logf:          logger.Discard, // backend chatter; too noisy for operators
 	}
 	if cfg.InMemory {
 		srv.Store = new(mem.Store)

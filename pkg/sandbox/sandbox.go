@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"tailscale.com/tsnet"
+	"tailscale.com/types/logger"
 
 	"github.com/tsidp/tsidp/pkg/audience"
 	"github.com/tsidp/tsidp/pkg/config"
@@ -47,7 +48,7 @@ type Options struct {
 	// backend, control URL and issuer are set by the sandbox.
 	Config *config.Config
 	// Logf receives tsidp's logs; nil discards them.
-	Logf func(string, ...any)
+	Logf logger.Logf
 }
 
 // Sandbox is a running sandbox.
@@ -76,7 +77,7 @@ func Start(ctx context.Context, opts Options) (_ *Sandbox, err error) {
 	}
 	logf := opts.Logf
 	if logf == nil {
-		logf = func(string, ...any) {}
+		logf = logger.Discard
 	}
 	s := &Sandbox{StateDir: opts.StateDir}
 	defer func() {

@@ -44,7 +44,7 @@ type Rule struct {
 // Enricher turns peer capabilities into claims.Result.
 type Enricher struct {
 	capability tailcfg.PeerCapability
-	logf       func(string, ...any)
+	logf       logger.Logf
 }
 
 var _ claims.AudienceGranter = (*Enricher)(nil)
@@ -55,9 +55,9 @@ func (e *Enricher) GrantsAudiences() {}
 // New returns an enricher reading capability name capName. Its log lines
 // are rate limited: a bad rule in the policy file is seen on every request
 // of the callers it applies to.
-func New(capName string, logf func(string, ...any)) *Enricher {
+func New(capName string, logf logger.Logf) *Enricher {
 	if logf == nil {
-		logf = func(string, ...any) {}
+		logf = logger.Discard
 	}
 	return &Enricher{capability: tailcfg.PeerCapability(capName), logf: logger.RateLimitedFn(logf, time.Minute, 10, 100)}
 }

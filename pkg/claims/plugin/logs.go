@@ -9,6 +9,8 @@ import (
 	"sync"
 	"time"
 	"unicode"
+
+	"tailscale.com/types/logger"
 )
 
 // Limits on what a plugin can make tsidp log.
@@ -27,7 +29,7 @@ const (
 type lineLogger struct {
 	name   string
 	stream string
-	logf   func(string, ...any)
+	logf   logger.Logf
 
 	mu        sync.Mutex
 	buf       []byte
@@ -37,7 +39,7 @@ type lineLogger struct {
 	dropped   int
 }
 
-func newLineLogger(name, stream string, logf func(string, ...any)) *lineLogger {
+func newLineLogger(name, stream string, logf logger.Logf) *lineLogger {
 	return &lineLogger{name: name, stream: stream, logf: logf}
 }
 

@@ -21,12 +21,13 @@ import (
 	"time"
 
 	"github.com/tsidp/tsidp/pkg/claims"
+	"tailscale.com/types/logger"
 )
 
 // Options are the host-wide plugin settings.
 type Options struct {
 	// Logf logs; nil discards.
-	Logf func(format string, args ...any)
+	Logf logger.Logf
 	// SocketDir is the directory in which each tsidp process keeps a
 	// private subdirectory (named by its PID) of plugin sockets. Stale
 	// subdirectories of dead processes are removed at Start. Default
@@ -53,7 +54,7 @@ type Options struct {
 
 func (o *Options) provision() {
 	if o.Logf == nil {
-		o.Logf = func(string, ...any) {}
+		o.Logf = logger.Discard
 	}
 	if o.SocketDir == "" {
 		o.SocketDir = filepath.Join(os.TempDir(), fmt.Sprintf("tsidp-plugins-%d", os.Getuid()))
@@ -254,7 +255,7 @@ func (m *Manager) Ready(context.Context) error {
 // prepareSocketDir makes base (0700, owned by this user), removes the
 // directories that dead tsidp processes left in it, and returns a fresh
 // directory for this process.
-func prepareSocketDir(base string, logf func(string, ...any)) (string, error) {
+func prepareSocketDir(base string, logf logger.Logf) (string, error) {
 	if err := os.MkdirAll(base, 0o700); err != nil {
 		return "", fmt.Errorf("socket directory: %w", err)
 	}

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sync/singleflight"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"tailscale.com/types/logger"
 
 	"github.com/tsidp/tsidp/pkg/claims"
 	"github.com/tsidp/tsidp/pkg/claims/claimsv1"
@@ -526,7 +527,7 @@ func backoff(n int, lo, hi time.Duration) time.Duration {
 // rateLog logs at most burst lines (at least one) per second and counts the
 // rest, so a failing or misbehaving plugin under load does not flood the log.
 type rateLog struct {
-	logf  func(string, ...any)
+	logf  logger.Logf
 	burst int
 	now   func() time.Time // for tests; nil means time.Now
 
