@@ -83,15 +83,15 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 	}()
 
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
-		return nil, fmt.Errorf("tsidp: state dir: %w", err)
+		return nil, fmt.Errorf("daemon: state dir: %w", err)
 	}
 	kp, err := cfg.KeyPolicy()
 	if err != nil {
-		return nil, fmt.Errorf("tsidp: %w", err)
+		return nil, err
 	}
 	pol, err := cfg.AudienceRegistry()
 	if err != nil {
-		return nil, fmt.Errorf("tsidp: %w", err)
+		return nil, err
 	}
 
 	// Keys first: if the store is unusable there is nothing to serve.
@@ -105,7 +105,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 	d.stores = newStoreState(cfg, d.store, logf)
 	d.keys, err = keys.NewManager(ctx, d.store, kp, logf, d.stores.managerOptions()...)
 	if err != nil {
-		return nil, fmt.Errorf("tsidp: keys: %w", err)
+		return nil, fmt.Errorf("daemon: keys: %w", err)
 	}
 	d.stores.start(runCtx, cfg, d.keys, d.goRun) // election and health probes
 	d.goRun(func() { d.keys.Run(runCtx) })
@@ -122,7 +122,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 			ln, err := net.Listen("tcp", addr)
 			if err != nil {
 				closeAll(lns)
-				return nil, fmt.Errorf("tsidp: listen: %w", err)
+				return nil, fmt.Errorf("daemon: listen: %w", err)
 			}
 			lns = append(lns, ln)
 		}
@@ -131,16 +131,16 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 		tc.InMemory = tc.InMemory || opts.TSNetInMemory
 		node, err := identity.StartTSNet(ctx, tc, cfg.Identity, logf)
 		if err != nil {
-			return nil, fmt.Errorf("tsidp: %w", err)
+			return nil, err
 		}
 		d.node = node
 		d.closers = append(d.closers, func() { node.Close() })
 		d.source = node
 		if lns, err = node.Listen(tc.Listen); err != nil {
-			return nil, fmt.Errorf("tsidp: %w", err)
+			return nil, err
 		}
 	default:
-		return nil, fmt.Errorf("tsidp: unknown backend %q", cfg.Backend)
+		return nil, fmt.Errorf("daemon: unknown backend %q", cfg.Backend)
 	}
 	d.issuer = cfg.Issuer
 	if d.issuer == "" && d.node != nil {
@@ -163,11 +163,11 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 	if len(cfg.Plugins) > 0 {
 		d.plugins, err = plugin.New(cfg.Plugins, plugin.Options{Logf: logf, Builtins: opts.Builtins})
 		if err != nil {
-			return nil, fmt.Errorf("tsidp: %w", err)
+			return nil, err
 		}
 		d.closers = append(d.closers, func() { d.plugins.Close() })
 		if err := d.plugins.Start(ctx); err != nil {
-			return nil, fmt.Errorf("tsidp: %w", err)
+			return nil, err
 		}
 		enrichers = append(enrichers, d.plugins.Enrichers()...)
 		checks = append(checks, server.Check{Name: "plugins", Check: d.plugins.Ready,
@@ -187,7 +187,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 	})
 	if err != nil {
 		closeAll(lns)
-		return nil, fmt.Errorf("tsidp: %w", err)
+		return nil, err
 	}
 	d.goRun(func() { core.LogSummaries(runCtx, time.Minute) })
 	d.srv, err = server.New(server.Config{
@@ -201,7 +201,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 	})
 	if err != nil {
 		closeAll(lns)
-		return nil, fmt.Errorf("tsidp: %w", err)
+		return nil, err
 	}
 	for _, ln := range lns {
 		d.serveHTTP(d.srv.NewHTTPServer(), ln)
@@ -210,7 +210,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 	// Operator surfaces.
 	aln, err := admin.Listen(cfg.Admin.Socket)
 	if err != nil {
-		return nil, fmt.Errorf("tsidp: %w", err)
+		return nil, err
 	}
 	// Closing removes the socket, then releases its lock (the HTTP server
 	// closes it too; closing twice is fine). Removing the path afterwards
@@ -241,7 +241,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 	if cfg.Admin.MetricsListen != "" {
 		mln, err := net.Listen("tcp", cfg.Admin.MetricsListen)
 		if err != nil {
-			return nil, fmt.Errorf("tsidp: metrics listen: %w", err)
+			return nil, fmt.Errorf("daemon: metrics listen: %w", err)
 		}
 		mux := http.NewServeMux()
 		mux.HandleFunc("/metrics", varz.Handler)
@@ -301,7 +301,7 @@ func (d *Daemon) serveHTTP(s *http.Server, ln net.Listener) {
 	d.goRun(func() {
 		if err := s.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			select {
-			case d.serveErrs <- fmt.Errorf("tsidp: serving on %v: %w", ln.Addr(), err):
+			case d.serveErrs <- fmt.Errorf("daemon: serving on %v: %w", ln.Addr(), err):
 			default:
 			}
 		}
