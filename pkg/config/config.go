@@ -251,6 +251,18 @@ func (c *Config) Provision() {
 			c.StateDir = DefaultStateDir
 		}
 	}
+	// Paths are made absolute before anything is derived from them, so
+	// that a relative state dir cannot yield a relative admin socket
+	// beside an absolute state dir. (filepath.Abs fails only when the
+	// working directory is gone; Validate then reports the relative path.)
+	for _, p := range []*string{&c.StateDir, &c.Admin.Socket, &c.Tailscale.Socket, &c.TSNet.Dir, &c.TSNet.AuthKeyFile,
+		&c.Keys.Etcd.KEKFile, &c.Keys.Etcd.CAFile, &c.Keys.Etcd.CertFile, &c.Keys.Etcd.KeyFile} {
+		if *p != "" && !filepath.IsAbs(*p) {
+			if abs, err := filepath.Abs(*p); err == nil {
+				*p = abs
+			}
+		}
+	}
 	if c.Backend == "tailscale" && len(c.Listen) == 0 {
 		c.Listen = []string{DefaultListen}
 	}
@@ -328,7 +340,7 @@ func (c *Config) AudienceRegistry() (*audience.Registry, error) {
 }
 
 // Validate checks everything that can be checked without starting anything.
-// Call it after Provision and after flags were applied.
+// Call it after flags were applied and Provision. It changes nothing.
 func (c *Config) Validate() error {
 	switch c.Backend {
 	case "tailscale":
@@ -361,11 +373,7 @@ func (c *Config) Validate() error {
 		}
 	}
 	if !filepath.IsAbs(c.StateDir) {
-		abs, err := filepath.Abs(c.StateDir)
-		if err != nil {
-			return fmt.Errorf("config: state_dir: %w", err)
-		}
-		c.StateDir = abs
+		return fmt.Errorf("config: state_dir %q is not an absolute path, and the working directory is unknown", c.StateDir)
 	}
 	if len(c.Admin.Socket) >= 104 {
 		return fmt.Errorf("config: admin socket path %q is too long for a unix socket (max 103 bytes); use a shorter state_dir or admin.socket", c.Admin.Socket)

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -220,5 +221,30 @@ func TestExplicitZeroDurations(t *testing.T) {
 			}
 			tt.check(t, p)
 		})
+	}
+}
+
+// TestProvisionMakesPathsAbsolute: a relative state dir is made absolute
+// before the admin socket is derived from it, and Validate changes
+// nothing.
+func TestProvisionMakesPathsAbsolute(t *testing.T) {
+	wd, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &Config{Issuer: "https://idp.example", StateDir: "rel/state", Keys: KeysConfig{Etcd: EtcdConfig{KEKFile: "kek"}}}
+	c.Provision()
+	if want := filepath.Join(wd, "rel/state"); c.StateDir != want || c.Admin.Socket != filepath.Join(want, "admin.sock") {
+		t.Errorf("state dir %q, admin socket %q; want both under %q", c.StateDir, c.Admin.Socket, want)
+	}
+	if c.Keys.Etcd.KEKFile != filepath.Join(wd, "kek") {
+		t.Errorf("kek_file %q not made absolute", c.Keys.Etcd.KEKFile)
+	}
+	before := fmt.Sprintf("%#v", *c)
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if after := fmt.Sprintf("%#v", *c); after != before {
+		t.Errorf("Validate changed the config:\nbefore %s\nafter  %s", before, after)
 	}
 }
