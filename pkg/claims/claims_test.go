@@ -3,6 +3,7 @@ package claims
 import (
 	"bytes"
 	"encoding/json"
+	"os"
 	"reflect"
 	"strings"
 	"testing"
@@ -209,5 +210,24 @@ func BenchmarkTokenAppendJSON(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		buf = tok.AppendJSON(buf[:0])
+	}
+}
+
+// TestReservedClaimsDocumented: docs/plugins.md names every claim a plugin
+// may not set, so plugin authors see the whole list.
+func TestReservedClaimsDocumented(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/plugins.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, para, _ := strings.Cut(string(doc), "A plugin can never set a reserved claim")
+	para, _, _ = strings.Cut(para, "\n\n")
+	for _, name := range ReservedNames() {
+		if !strings.Contains(para, "`"+name+"`") {
+			t.Errorf("docs/plugins.md does not list the reserved claim %q", name)
+		}
+	}
+	if !IsReserved("sub") || IsReserved("groups") {
+		t.Error("IsReserved disagrees with the list")
 	}
 }
