@@ -142,9 +142,6 @@ func StartTailscaled(ctx context.Context, t testing.TB, opts TailscaledOptions) 
 // Socket returns the path of tailscaled's LocalAPI unix socket.
 func (d *Tailscaled) Socket() string { return d.sock }
 
-// Dir returns the directory holding the socket, state and log.
-func (d *Tailscaled) Dir() string { return d.dir }
-
 // LocalClient returns a LocalAPI client that only uses this daemon's socket.
 func (d *Tailscaled) LocalClient() *local.Client { return d.lc }
 

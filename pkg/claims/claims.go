@@ -20,7 +20,7 @@ import (
 // reserved lists the claims only tsidp sets. Enrichers may never set them:
 // a plugin that could set "sub" or "email" could impersonate anyone. It is
 // unexported so that no package can add to or remove from it at run time;
-// IsReserved and ReservedNames read it.
+// IsReserved reads it.
 var reserved = map[string]bool{
 	// RFC 7519 registered claims.
 	"iss": true, "sub": true, "aud": true, "exp": true, "nbf": true, "iat": true, "jti": true,
@@ -35,16 +35,6 @@ var reserved = map[string]bool{
 
 // IsReserved reports whether name is a claim only tsidp may set.
 func IsReserved(name string) bool { return reserved[name] }
-
-// ReservedNames returns the reserved claim names, sorted.
-func ReservedNames() []string {
-	names := make([]string, 0, len(reserved))
-	for n := range reserved {
-		names = append(names, n)
-	}
-	slices.Sort(names)
-	return names
-}
 
 // MaxClaimBytes bounds one extra claim's JSON value.
 const MaxClaimBytes = 8 << 10

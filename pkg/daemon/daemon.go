@@ -256,12 +256,6 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 // Issuer returns the issuer URL in use.
 func (d *Daemon) Issuer() string { return d.issuer }
 
-// Addrs returns the addresses the token endpoint listens on.
-func (d *Daemon) Addrs() []net.Addr { return d.addrs }
-
-// Keys returns the key manager.
-func (d *Daemon) Keys() *keys.Manager { return d.keys }
-
 // Node returns the tsnet node, or nil with backend tailscale.
 func (d *Daemon) Node() *identity.TSNet { return d.node }
 

@@ -19,7 +19,6 @@ import (
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
-
 	"github.com/tsidp/tsidp/pkg/audience"
 	"github.com/tsidp/tsidp/pkg/claims"
 	"github.com/tsidp/tsidp/pkg/identity"
@@ -262,8 +261,14 @@ func TestAnswers(t *testing.T) {
 				t.Fatalf("status %d %v, want %d", code, m, tt.status)
 			}
 			if tt.status == 200 {
-				if m["access_token"] == nil || m["token_type"] != "Bearer" || m["error"] != nil {
-					t.Errorf("answer %v", m)
+				tok, _ := m["access_token"].(string)
+				if tok == "" || m["token_type"] != "Bearer" || m["error"] != nil || m["expires_in"] != float64(3600) {
+					t.Fatalf("answer %v", m)
+				}
+				c := verify(t, tok, "ES256")
+				if c["sub"] != "user:1" || c["aud"] != "api" || c["iss"] != "https://idp.example" ||
+					c["iat"].(float64)-c["nbf"].(float64) != 120 || c["exp"].(float64)-c["iat"].(float64) != 3600 {
+					t.Errorf("claims %v", c)
 				}
 			} else if m["error"] != tt.code || !strings.Contains(fmt.Sprint(m["error_description"]), tt.desc) || m["access_token"] != nil {
 				t.Errorf("answer %v, want error %q with %q", m, tt.code, tt.desc)
@@ -278,9 +283,8 @@ func TestAnswers(t *testing.T) {
 	}
 }
 
-var bobTest = &identity.Identity{Subject: "user:2", UserID: "2", LoginName: "bob@other.example",
-	NodeName: "pc.tail1.ts.net", NodeID: "nB", Tailnet: "tail1.ts.net"}
-
+// verify checks token's signature against the test manager's JWKS and
+// returns its claims.
 func verify(t testing.TB, token, alg string) map[string]any {
 	t.Helper()
 	body, _ := testManager(t).JWKS()
@@ -298,6 +302,9 @@ func verify(t testing.TB, token, alg string) map[string]any {
 	}
 	return c
 }
+
+var bobTest = &identity.Identity{Subject: "user:2", UserID: "2", LoginName: "bob@other.example",
+	NodeName: "pc.tail1.ts.net", NodeID: "nB", Tailnet: "tail1.ts.net"}
 
 func TestDiscovery(t *testing.T) {
 	s := newTestServer(t, &staticSource{id: alice})

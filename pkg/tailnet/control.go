@@ -216,9 +216,6 @@ func (c *Control) URL() string { return c.http.URL }
 // once StartControl has returned.
 func (c *Control) Server() *testcontrol.Server { return c.srv }
 
-// DERPMap returns the DERP map control hands to nodes.
-func (c *Control) DERPMap() *tailcfg.DERPMap { return c.derpMap.Clone() }
-
 // Close stops every node started with StartNode, then the control, DERP and
 // STUN servers, and removes the temporary directories it created.
 // It is safe to call more than once.
