@@ -86,10 +86,10 @@ type Code struct {
 // refresh token of a family is valid; presenting an older one (it was
 // stolen, or the client is broken) revokes the family.
 type Family struct {
-	ID       string   `json:"id"`
-	ClientID string   `json:"client_id"`
-	Scopes   []string `json:"scopes"`
-	Subject  Subject  `json:"subject"`
+	ID       string    `json:"id"`
+	ClientID string    `json:"client_id"`
+	Scopes   []string  `json:"scopes"`
+	Subject  Subject   `json:"subject"`
 	AuthTime time.Time `json:"auth_time"`
 	Created  time.Time `json:"created"`
 	// LastUsed is when the family last issued a token: the idle timeout
