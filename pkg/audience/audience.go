@@ -64,7 +64,7 @@ type Audience struct {
 	MaxTTL    time.Duration
 	Algorithm string
 	Scopes    []string
-	rules     []rule
+	rules     Rules
 }
 
 // Registry is the validated set of audiences.
@@ -111,14 +111,50 @@ func (p *Registry) MaxTTL() time.Duration {
 // Allows reports whether the caller may get a token for a. groups is the
 // caller's "groups" claim as enrichers returned it.
 func (a *Audience) Allows(id *identity.Identity, groups []string) bool {
-	_, ok := a.Match(id, groups)
+	_, ok := a.rules.Match(id, groups)
 	return ok
 }
 
 // Match returns the first allow rule of a that admits the caller, as
 // written in the configuration, and whether there is one.
 func (a *Audience) Match(id *identity.Identity, groups []string) (rule string, ok bool) {
-	for _, r := range a.rules {
+	return a.rules.Match(id, groups)
+}
+
+// Rules returns a's allow rules.
+func (a *Audience) Rules() Rules { return a.rules }
+
+// UsesGroups reports whether any allow rule needs the "groups" claim, so the
+// server can skip a pre-check that would wrongly refuse group members.
+func (a *Audience) UsesGroups() bool { return a.rules.UsesGroups() }
+
+// Rules is a list of allow rules, in the syntax of an audience's allow
+// list. Clients of the OpenID Provider use it too, for who may log in and
+// which tailnet identities authenticate a secretless client.
+type Rules []rule
+
+// ParseRules parses allow rules; an empty list is an error (deny is the
+// default: say who may).
+func ParseRules(list []string) (Rules, error) {
+	if len(list) == 0 {
+		return nil, errors.New("allow is empty: nobody could get a token (deny is the default; list who may)")
+	}
+	rs := make(Rules, 0, len(list))
+	for _, s := range list {
+		r, err := parseRule(s)
+		if err != nil {
+			return nil, err
+		}
+		r.src = s
+		rs = append(rs, r)
+	}
+	return rs, nil
+}
+
+// Match returns the first rule that admits the caller, as written, and
+// whether there is one. groups is the caller's "groups" claim.
+func (rs Rules) Match(id *identity.Identity, groups []string) (rule string, ok bool) {
+	for _, r := range rs {
 		if r.match(id, groups) {
 			return r.src, true
 		}
@@ -126,19 +162,18 @@ func (a *Audience) Match(id *identity.Identity, groups []string) (rule string, o
 	return "", false
 }
 
-// Rules returns a's allow rules as written in the configuration.
-func (a *Audience) Rules() []string {
-	out := make([]string, len(a.rules))
-	for i, r := range a.rules {
+// UsesGroups reports whether a rule needs the "groups" claim.
+func (rs Rules) UsesGroups() bool {
+	return slices.ContainsFunc(rs, func(r rule) bool { return r.kind == ruleGroup })
+}
+
+// Strings returns the rules as written.
+func (rs Rules) Strings() []string {
+	out := make([]string, len(rs))
+	for i, r := range rs {
 		out[i] = r.src
 	}
 	return out
-}
-
-// UsesGroups reports whether any allow rule needs the "groups" claim, so the
-// server can skip a pre-check that would wrongly refuse group members.
-func (a *Audience) UsesGroups() bool {
-	return slices.ContainsFunc(a.rules, func(r rule) bool { return r.kind == ruleGroup })
 }
 
 // ErrBadTTL is returned by TTLFor for a requested lifetime below MinTTL.
@@ -211,17 +246,11 @@ func compile(c Config, d Defaults) (*Audience, error) {
 			return nil, fmt.Errorf("scope %q is not a valid scope token", s)
 		}
 	}
-	if len(c.Allow) == 0 {
-		return nil, errors.New("allow is empty: nobody could get a token (deny is the default; list who may)")
+	rules, err := ParseRules(c.Allow)
+	if err != nil {
+		return nil, err
 	}
-	for _, s := range c.Allow {
-		r, err := parseRule(s)
-		if err != nil {
-			return nil, err
-		}
-		r.src = s
-		a.rules = append(a.rules, r)
-	}
+	a.rules = rules
 	return a, nil
 }
 

@@ -175,11 +175,16 @@ func IdentityRefusal(err error) *Refusal {
 // outside the tailnet learn nothing about which audiences exist; surfaces
 // pass only identities their Source returned.
 func (c *Core) Decide(ctx context.Context, id *identity.Identity, req Request) (Decision, *Refusal) {
-	d, r := c.decide(ctx, id, req)
+	return c.record(id, req.Audience, func() (Decision, *Refusal) { return c.decide(ctx, id, req) })
+}
+
+// record runs a decision and counts it; refusals are logged, rate limited.
+func (c *Core) record(id *identity.Identity, aud string, decide func() (Decision, *Refusal)) (Decision, *Refusal) {
+	d, r := decide()
 	if r != nil {
 		c.summaries.refused.Add(1)
 		if r.Status == http.StatusForbidden {
-			c.refusalf("issue: refused %s for audience %q: %s", describe(id), req.Audience, r.Reason)
+			c.refusalf("issue: refused %s for %q: %s", describe(id), aud, r.Reason)
 		}
 		return Decision{}, r
 	}
@@ -187,16 +192,58 @@ func (c *Core) Decide(ctx context.Context, id *identity.Identity, req Request) (
 	return d, nil
 }
 
-func (c *Core) decide(ctx context.Context, id *identity.Identity, req Request) (Decision, *Refusal) {
-	if id == nil || id.Subject == "" {
-		// A surface's bug, never a token: fail closed.
-		return Decision{}, IdentityRefusal(fmt.Errorf("%w: no identity", identity.ErrUnknownPeer))
+// LoginRequest is a login to a client of the OpenID Provider: the same
+// decision as a token request, with the client's policy in place of an
+// audience's.
+type LoginRequest struct {
+	// Client is the client's policy as an audience named by its client
+	// ID: who may log in (allow rules, tailnet grants naming the client
+	// ID), the lifetime and algorithm of its tokens, the scopes it may
+	// ask for.
+	Client *audience.Audience
+	// TaggedDevices reports whether tagged devices may log in: a login
+	// is a person's, unless the client says otherwise.
+	TaggedDevices bool
+	// Scopes are the scopes asked for.
+	Scopes []string
+	// TTL is the access token lifetime asked for; zero for the default.
+	TTL time.Duration
+}
+
+// DecideLogin decides whether id may log in to a client, and with which
+// claims; see Decide.
+func (c *Core) DecideLogin(ctx context.Context, id *identity.Identity, req LoginRequest) (Decision, *Refusal) {
+	name := ""
+	if req.Client != nil {
+		name = req.Client.Name
 	}
+	return c.record(id, name, func() (Decision, *Refusal) {
+		if id != nil && id.Tagged && !req.TaggedDevices {
+			return Decision{}, refuse(http.StatusForbidden, "access_denied",
+				fmt.Sprintf("tagged device %s may not log in to %q: it is not a person, and the client does not allow tagged devices", id.NodeName, name),
+				fmt.Sprintf("client %q does not allow tagged devices (allow_tagged_devices)", name))
+		}
+		return c.decideFor(ctx, id, req.Client, req.Scopes, req.TTL)
+	})
+}
+
+func (c *Core) decide(ctx context.Context, id *identity.Identity, req Request) (Decision, *Refusal) {
 	aud := c.cfg.Audiences.Audience(req.Audience)
 	if aud == nil {
 		return Decision{}, refuse(http.StatusBadRequest, "invalid_target",
 			fmt.Sprintf("audience %q is not configured", req.Audience), "")
 	}
+	return c.decideFor(ctx, id, aud, req.Scopes, req.TTL)
+}
+
+// decideFor is the decision for an audience (or a client's policy): the
+// one implementation every surface's request goes through.
+func (c *Core) decideFor(ctx context.Context, id *identity.Identity, aud *audience.Audience, scopes []string, reqTTL time.Duration) (Decision, *Refusal) {
+	if id == nil || id.Subject == "" {
+		// A surface's bug, never a token: fail closed.
+		return Decision{}, IdentityRefusal(fmt.Errorf("%w: no identity", identity.ErrUnknownPeer))
+	}
+	req := Request{Audience: aud.Name, Scopes: scopes, TTL: reqTTL}
 	for _, sc := range req.Scopes {
 		if !aud.ScopeAllowed(sc) {
 			return Decision{}, refuse(http.StatusBadRequest, "invalid_scope",
@@ -259,7 +306,7 @@ func (c *Core) decide(ctx context.Context, id *identity.Identity, req Request) (
 func (c *Core) notAllowed(id *identity.Identity, aud *audience.Audience) *Refusal {
 	return refuse(http.StatusForbidden, "access_denied",
 		fmt.Sprintf("%s may not get tokens for audience %q", describe(id), aud.Name),
-		fmt.Sprintf("no allow rule of audience %q matches (%s) and no grant opens it", aud.Name, strings.Join(quoteAll(aud.Rules()), ", ")))
+		fmt.Sprintf("no allow rule of audience %q matches (%s) and no grant opens it", aud.Name, strings.Join(quoteAll(aud.Rules().Strings()), ", ")))
 }
 
 // mayBeGranted reports whether an AudienceGranter (tailnet grants) grants
@@ -339,6 +386,9 @@ func (c *Core) enrich(ctx context.Context, req *claims.Request) (enriched, *Refu
 
 // describe names the caller for people: the login, or the tagged device.
 func describe(id *identity.Identity) string {
+	if id == nil {
+		return "an unidentified caller"
+	}
 	if id.Tagged {
 		return "tagged device " + id.NodeName
 	}

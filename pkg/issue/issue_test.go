@@ -338,7 +338,7 @@ func TestRefusalsAreLoggedRateLimited(t *testing.T) {
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	if len(logs) == 0 || !strings.Contains(logs[0], `issue: refused bob@other.example for audience "api": no allow rule of audience "api" matches`) {
+	if len(logs) == 0 || !strings.Contains(logs[0], `issue: refused bob@other.example for "api": no allow rule of audience "api" matches`) {
 		t.Fatalf("logs = %q", logs)
 	}
 	if len(logs) > 100 {
@@ -388,5 +388,51 @@ func TestNoIdentityNoToken(t *testing.T) {
 		if d, r := newCore(t).Decide(context.Background(), id, Request{Audience: "rsa"}); r == nil || r.Status != 401 {
 			t.Errorf("Decide(%+v) = %+v, %v; want 401", id, d, r)
 		}
+	}
+}
+
+// TestDecideLogin: a login is the same decision as a token request, with
+// the client's policy for the audience, and tagged devices refused unless
+// the client allows them.
+func TestDecideLogin(t *testing.T) {
+	clientPolicy := func(t *testing.T, allow ...string) *audience.Audience {
+		reg, err := audience.NewRegistry([]audience.Config{{Name: "grafana", Allow: allow, Scopes: []string{"openid", "profile", "email"}}},
+			audience.Defaults{TTL: time.Hour, MaxTTL: 24 * time.Hour, Algorithm: "RS256"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return reg.Audience("grafana")
+	}
+	g := grants.New(capName, nil)
+	tests := []struct {
+		name   string
+		id     *identity.Identity
+		req    LoginRequest
+		status int    // 0: granted
+		reason string // of the decision or the refusal
+	}{
+		{"allowed person", alice, LoginRequest{Client: clientPolicy(t, "*@example.com"), Scopes: []string{"openid", "email"}}, 0, `allow rule "*@example.com"`},
+		{"refused person", bob, LoginRequest{Client: clientPolicy(t, "*@example.com")}, 403, `no allow rule of audience "grafana"`},
+		{"tagged device refused by default", ci, LoginRequest{Client: clientPolicy(t, "*")}, 403, "does not allow tagged devices"},
+		{"tagged device allowed by the client", ci, LoginRequest{Client: clientPolicy(t, "tag:ci"), TaggedDevices: true}, 0, `allow rule "tag:ci"`},
+		{"a grant naming the client", withGrants(bob, `{"audiences":["grafana"]}`), LoginRequest{Client: clientPolicy(t, "user:nobody@example.com")}, 0, "granted by tailnet-grants"},
+		{"scope the client does not offer", alice, LoginRequest{Client: clientPolicy(t, "*"), Scopes: []string{"openid", "groups"}}, 400, `scope "groups"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d, r := newCore(t, g).DecideLogin(context.Background(), tt.id, tt.req)
+			switch {
+			case tt.status == 0 && r != nil:
+				t.Fatalf("refused: %v", r)
+			case tt.status == 0:
+				if d.Reason != tt.reason || d.Token.Audience != "grafana" || d.Algorithm != "RS256" {
+					t.Errorf("decision %+v", d)
+				}
+			case r == nil:
+				t.Fatalf("granted: %+v", d)
+			case r.Status != tt.status || !strings.Contains(r.Reason, tt.reason):
+				t.Errorf("refusal %d %q, want %d %q", r.Status, r.Reason, tt.status, tt.reason)
+			}
+		})
 	}
 }

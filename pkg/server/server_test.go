@@ -419,7 +419,7 @@ func TestRefusalsAreLogged(t *testing.T) {
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	if len(logs) != 2 || !strings.Contains(logs[0], `refused alice@example.com for audience "eng": no allow rule`) ||
+	if len(logs) != 2 || !strings.Contains(logs[0], `refused alice@example.com for "eng": no allow rule`) ||
 		!strings.Contains(logs[1], "token: refused 100.64.0.5:4242: invalid_client") {
 		t.Errorf("logs %q", logs)
 	}
