@@ -2,8 +2,12 @@
 // (default <state-dir>/admin.sock) that the CLI uses to list, rotate and
 // revoke keys in a running daemon, and to read its status.
 //
-// Access control is the socket itself: the file is 0600 in a 0700 directory,
-// and every connection's peer credentials are checked (owner or root only).
+// Access control is the socket itself: the file is 0600 in a 0700 directory
+// that only the daemon's user can write to (see CheckDir), and every
+// connection's peer credentials are checked (owner or root only). The client
+// checks the server the same way: it talks only to a process running as its
+// own user or root, so a listener someone else put at the socket's path is
+// never sent a request, let alone a private key.
 package admin
 
 import (
@@ -16,6 +20,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -189,7 +194,31 @@ func writeErr(w http.ResponseWriter, status int, err error) {
 	writeJSON(w, status, errorBody{Error: err.Error()})
 }
 
-// Listen opens the admin socket at path: mode 0600, parent directory 0700.
+// CheckDir refuses a directory (what names it in the error) that group or
+// others can write to, or that another user owns: either could replace the
+// admin socket in it, or anything else tsidp keeps there, with their own.
+// The error is one line that names the fix.
+func CheckDir(what, dir string) error {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("admin: %s: %w", what, err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("admin: %s %s is not a directory", what, dir)
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		if me := os.Geteuid(); int(st.Uid) != me {
+			return fmt.Errorf("admin: %s %s is owned by uid %d, but tsidp runs as uid %d: its owner could replace the admin socket and what else tsidp keeps there; fix: chown %d %s", what, dir, st.Uid, me, me, dir)
+		}
+	}
+	if perm := fi.Mode().Perm(); perm&0o022 != 0 {
+		return fmt.Errorf("admin: %s %s has mode %04o: group or others can write to it and could replace the admin socket and what else tsidp keeps there; fix: chmod go-w %s", what, dir, perm, dir)
+	}
+	return nil
+}
+
+// Listen opens the admin socket at path: mode 0600, parent directory 0700
+// (an existing parent must pass CheckDir).
 // It first takes an exclusive lock on path+".lock", held until the listener
 // is closed: a second daemon on the same state directory fails here, even if
 // the first one's socket is momentarily missing or too busy to answer, and a
@@ -199,6 +228,9 @@ func writeErr(w http.ResponseWriter, status int, err error) {
 func Listen(path string) (net.Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("admin: %w", err)
+	}
+	if err := CheckDir("admin socket directory", filepath.Dir(path)); err != nil {
+		return nil, err
 	}
 	lock, err := os.OpenFile(path+".lock", os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
@@ -256,9 +288,6 @@ func (l *peerCheckListener) Close() error {
 	return l.closeErr
 }
 
-// ErrPeerNotAllowed is the reason a connection was refused.
-var ErrPeerNotAllowed = errors.New("admin: peer user is not allowed")
-
 func (l *peerCheckListener) Accept() (net.Conn, error) {
 	for {
 		c, err := l.UnixListener.AcceptUnix()
@@ -273,7 +302,7 @@ func (l *peerCheckListener) Accept() (net.Conn, error) {
 	}
 }
 
-// PeerUID returns the uid of the process on the other end of c.
+// peerUID returns the uid of the process on the other end of c.
 func peerUID(c *net.UnixConn) (int, error) {
 	raw, err := c.SyscallConn()
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -19,6 +20,25 @@ import (
 // ErrNotRunning means no daemon answers on the admin socket; the CLI then
 // works on the key store directly, under the store's lock.
 var ErrNotRunning = errors.New("admin: no tsidp daemon is running")
+
+// ErrUntrustedServer means the process serving the admin socket runs as
+// neither this user nor root, so it may not be tsidp: anyone who can write
+// to the socket's directory could have put their own listener there. The
+// client refuses it before sending anything.
+var ErrUntrustedServer = errors.New("admin: the admin socket is served by another user")
+
+// untrustedError is the ErrUntrustedServer a dial returns.
+type untrustedError struct {
+	path    string
+	uid, me int
+}
+
+func (e *untrustedError) Error() string {
+	return fmt.Sprintf("admin: %s is served by a process running as uid %d, not as this user (uid %d) or root; refusing to talk to it: it may not be tsidp (whoever can write to %s could have replaced the socket). Check that directory's owner and mode, or run this command as uid %d if that is tsidp's user",
+		e.path, e.uid, e.me, filepath.Dir(e.path), e.uid)
+}
+
+func (e *untrustedError) Is(target error) bool { return target == ErrUntrustedServer }
 
 // Client talks to a daemon's admin socket.
 type Client struct {
@@ -34,12 +54,34 @@ func NewClient(path string) *Client {
 			Timeout: 60 * time.Second, // RSA key generation during rotation can take a moment
 			Transport: &http.Transport{
 				DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-					var d net.Dialer
-					return d.DialContext(ctx, "unix", path)
+					return dialTrusted(ctx, path)
 				},
 			},
 		},
 	}
+}
+
+// dialTrusted connects to the socket at path and checks the peer
+// credentials of the process that accepted: it must run as this user or as
+// root, as the daemon's own listener requires of its clients. Otherwise the
+// connection is closed before a byte is written, and the error wraps
+// ErrUntrustedServer.
+func dialTrusted(ctx context.Context, path string) (net.Conn, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", path)
+	if err != nil {
+		return nil, err
+	}
+	uid, err := peerUID(c.(*net.UnixConn))
+	if err != nil {
+		c.Close()
+		return nil, fmt.Errorf("admin: reading the credentials of the process serving %s: %w", path, err)
+	}
+	if me := os.Getuid(); uid != me && uid != 0 {
+		c.Close()
+		return nil, &untrustedError{path: path, uid: uid, me: me}
+	}
+	return c, nil
 }
 
 // Status returns the daemon's status.
@@ -97,6 +139,10 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	req.Header.Set("Content-Type", "application/json")
 	res, err := c.hc.Do(req)
 	if err != nil {
+		var ue *untrustedError
+		if errors.As(err, &ue) {
+			return ue
+		}
 		if isNotRunning(err) {
 			return fmt.Errorf("%w (%s)", ErrNotRunning, c.path)
 		}

@@ -82,6 +82,9 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("tsidp: state dir: %w", err)
 	}
+	if err := admin.CheckDir("state dir", cfg.StateDir); err != nil {
+		return nil, fmt.Errorf("tsidp: %w", err)
+	}
 	kp, err := cfg.KeyPolicy()
 	if err != nil {
 		return nil, fmt.Errorf("tsidp: %w", err)
