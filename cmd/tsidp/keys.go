@@ -101,13 +101,17 @@ the key store directly, under its lock. Use the same --config/--state-dir/--stor
 			{
 				Name:      "revoke",
 				Usage:     "remove a key from the JWKS at once; an active key is replaced by the published next key",
-				UsageText: "tsidp keys revoke KID",
+				UsageText: "tsidp keys revoke [flags] KID",
 				Flags:     common,
+				// A kid is base64url and starts with "-" about once in 64
+				// keys: oneArg parses the flags, and takes such a kid for
+				// the argument rather than an unknown flag.
+				SkipFlagParsing: true,
 				Action: func(c *cli.Context) error {
-					if err := oneArg(c, "KID (see tsidp keys list)"); err != nil {
+					kid, err := oneArg(c, "KID (see tsidp keys list)", keys.IsKID)
+					if err != nil || kid == "" {
 						return err
 					}
-					kid := c.Args().First()
 					return changeKeys(c, true, func(ops keyOps, before []keys.KeyInfo) ([]keys.KeyInfo, error) {
 						if i := slices.IndexFunc(before, func(k keys.KeyInfo) bool { return k.ID == kid }); i >= 0 && before[i].State == keys.StateRevoked {
 							fmt.Fprintf(c.App.Writer, "%s was already revoked: it is not in the JWKS\n", kid)
@@ -130,7 +134,8 @@ the key store directly, under its lock. Use the same --config/--state-dir/--stor
 					&cli.BoolFlag{Name: "activate", Usage: "make it the active key at once (when migrating an issuer whose verifiers already know the key)"},
 				),
 				Action: func(c *cli.Context) error {
-					if err := oneArg(c, "FILE"); err != nil {
+					file, err := oneArg(c, "FILE", nil)
+					if err != nil || file == "" {
 						return err
 					}
 					if c.String("alg") == "" {
@@ -140,7 +145,7 @@ the key store directly, under its lock. Use the same --config/--state-dir/--stor
 					if err != nil {
 						return err
 					}
-					data, err := readBounded(c.Args().First(), 1<<20)
+					data, err := readBounded(file, 1<<20)
 					if err != nil {
 						return err
 					}
@@ -279,16 +284,33 @@ func noArgs(c *cli.Context) error {
 	return nil
 }
 
-// oneArg requires exactly one positional argument, named what, and applies
-// any flags written after it.
-func oneArg(c *cli.Context, what string) error {
-	if c.NArg() == 0 {
-		return fmt.Errorf("tsidp: %s needs one %s", strings.TrimPrefix(commandPath(c), "tsidp "), what)
+// oneArg returns the one positional argument, named what, and applies the
+// flags written around it. For a command with SkipFlagParsing (keys revoke,
+// whose KID may start with "-") every flag is parsed here, and a word that
+// argLike accepts is the argument even if it starts with "-"; for others
+// urfave/cli parsed the flags before the argument. With --help it shows
+// the command's help and returns "".
+func oneArg(c *cli.Context, what string, argLike func(string) bool) (string, error) {
+	args := c.Args().Slice()
+	var words []string
+	if !c.Command.SkipFlagParsing && len(args) > 0 {
+		words, args = args[:1], args[1:]
 	}
-	if err := parseTrailingFlags(c); err != nil {
-		return fmt.Errorf("tsidp: %s: %w", strings.TrimPrefix(commandPath(c), "tsidp "), err)
+	more, err := splitArgs(c, args, argLike)
+	if err != nil {
+		return "", usageError(c, err, true)
 	}
-	return nil
+	if c.Bool("help") {
+		return "", cli.ShowCommandHelp(c.Lineage()[1], c.Command.Name)
+	}
+	words = append(words, more...)
+	switch cmd := strings.TrimPrefix(commandPath(c), "tsidp "); {
+	case len(words) == 0:
+		return "", fmt.Errorf("tsidp: %s needs one %s", cmd, what)
+	case len(words) > 1:
+		return "", fmt.Errorf("tsidp: %s: want exactly one argument, got also %q", cmd, words[1])
+	}
+	return words[0], nil
 }
 
 type daemonKeyOps struct{ c *admin.Client }
