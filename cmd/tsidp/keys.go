@@ -113,13 +113,14 @@ the key store directly, under its lock. Use the same --config/--state-dir/--stor
 						return err
 					}
 					return changeKeys(c, true, func(ops keyOps, before []keys.KeyInfo) ([]keys.KeyInfo, error) {
+						_, offline := ops.(*storeKeyOps)
 						if i := slices.IndexFunc(before, func(k keys.KeyInfo) bool { return k.ID == kid }); i >= 0 && before[i].State == keys.StateRevoked {
-							fmt.Fprintf(c.App.Writer, "%s was already revoked: it is not in the JWKS\n", kid)
+							fmt.Fprintln(c.App.Writer, revokedLine(kid, true, offline))
 							return nil, nil
 						}
 						after, err := ops.Revoke(c.Context, kid)
 						if err == nil {
-							fmt.Fprintf(c.App.Writer, "revoked %s: it is no longer in the JWKS\n", kid)
+							fmt.Fprintln(c.App.Writer, revokedLine(kid, false, offline))
 						}
 						return after, err
 					})
@@ -441,6 +442,23 @@ func (o *storeKeyOps) JWKS(ctx context.Context) ([]byte, error) {
 }
 
 func (o *storeKeyOps) Close() error { return o.st.Close() }
+
+// revokedLine says what revoking kid did. Through the daemon, the key left
+// its JWKS. On the store directly (no daemon answered on the admin socket)
+// only the store changed: a tsidp serving from it, unreachable over the
+// socket, keeps publishing and signing with the key until it next reads the
+// store.
+func revokedLine(kid string, already, offline bool) string {
+	switch {
+	case already && !offline:
+		return kid + " was already revoked: it is not in the JWKS"
+	case already:
+		return kid + " was already revoked in the key store"
+	case !offline:
+		return "revoked " + kid + ": it is no longer in the JWKS"
+	}
+	return "revoked " + kid + " in the key store (no tsidp answered on the admin socket): a tsidp running on this store drops it from its JWKS when it next reads the store, within about a second with the file store and at once with etcd"
+}
 
 func printKeys(w io.Writer, infos []keys.KeyInfo) {
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
