@@ -153,13 +153,9 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 	}
 	// The reasons are what /readyz shows; the errors are logged when a
 	// check's status changes, and the admin status reports them.
-	checks := []server.Check{
+	checks := append([]server.Check{
 		{Name: "keys", Check: d.keysReady, Reason: "no active signing key"},
-		// An unreachable store degrades but does not fail readiness: the
-		// keys in memory keep signing (docs/keys.md, "etcd unreachable").
-		{Name: "store", Check: d.stores.check, Degrades: true,
-			Reason: "key store unreachable, or holding a key set this replica will not use; signing with the keys in memory"},
-	}
+	}, d.stores.readyChecks()...)
 	if len(cfg.Plugins) > 0 {
 		d.plugins, err = plugin.New(cfg.Plugins, plugin.Options{Logf: logf, Builtins: opts.Builtins})
 		if err != nil {

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"expvar"
 	"fmt"
 	"os"
@@ -15,6 +16,7 @@ import (
 	"github.com/tsidp/tsidp/pkg/config"
 	"github.com/tsidp/tsidp/pkg/keys"
 	"github.com/tsidp/tsidp/pkg/keys/etcdstore"
+	"github.com/tsidp/tsidp/pkg/server"
 )
 
 // OpenStore opens the key store the configuration names: the file store
@@ -203,6 +205,35 @@ func (s *storeState) check(context.Context) error {
 	return nil
 }
 
+// readyChecks are the key store's readiness checks. Both degrade but do
+// not fail readiness: the keys in memory keep signing (docs/keys.md, "etcd
+// unreachable").
+func (s *storeState) readyChecks() []server.Check {
+	return []server.Check{
+		{Name: "store", Check: s.check, Degrades: true,
+			Reason: "key store unreachable, or holding a key set this replica will not use; signing with the keys in memory"},
+		{Name: "rotation", Check: s.rotationCheck, Degrades: true,
+			Reason: "a scheduled key rotation is overdue; signing with the current keys"},
+	}
+}
+
+// rotationCheck is the "rotation" readiness check: an error while a
+// scheduled rotation is overdue (keys.Manager.RotationOverdue), such as
+// when writing the rotated key set fails.
+func (s *storeState) rotationCheck(context.Context) error {
+	return s.keys.RotationOverdue(time.Now())
+}
+
+// overdueSeconds is how long the overdue rotation has been due, 0 if none
+// is.
+func (s *storeState) overdueSeconds() int64 {
+	var oe *keys.OverdueError
+	if errors.As(s.keys.RotationOverdue(time.Now()), &oe) {
+		return int64(oe.Now.Sub(oe.Due).Seconds())
+	}
+	return 0
+}
+
 // Store metrics, published once per process under "tsidp_store" for the
 // most recently started daemon (one per process outside tests).
 var (
@@ -254,6 +285,11 @@ func publishStoreMetrics(s *storeState) {
 		// 1 while the store holds a key set this process refuses to use
 		// (undecodable, not authenticated under the KEK, or incomplete).
 		m.Set("gauge_refused", get(func(s *storeState) int64 { return b2i(s.keys.Refusal() != nil) }))
+		// 1 while a scheduled key rotation is overdue: the last attempt
+		// failed, or the leader has not rotated (see the "rotation" check).
+		m.Set("gauge_rotation_overdue", get(func(s *storeState) int64 { return b2i(s.rotationCheck(context.Background()) != nil) }))
+		// Seconds since the overdue rotation was due; 0 when none is.
+		m.Set("gauge_rotation_overdue_seconds", get(func(s *storeState) int64 { return s.overdueSeconds() }))
 		expvarPublish("tsidp_store", m)
 	})
 }

@@ -45,6 +45,9 @@ type Manager struct {
 	// authenticated, or lacking a key this process needs), nil once it
 	// adopts one.
 	refused atomic.Pointer[error]
+	// maintFailed is why scheduled maintenance (rotation, pruning) last
+	// failed, nil since any successful write (see RotationOverdue).
+	maintFailed atomic.Pointer[error]
 	// poke wakes Run for maintenance (see Poke).
 	poke chan struct{}
 }
@@ -266,6 +269,7 @@ func (m *Manager) update(ctx context.Context, fn func(s *Set, now time.Time) err
 	if err := m.install(set); err != nil {
 		return nil, err
 	}
+	m.maintFailed.Store(nil) // the store takes writes again
 	crashtest.Point(crashtest.Installed)
 	return set, nil
 }
