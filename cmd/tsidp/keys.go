@@ -31,47 +31,16 @@ func keysCommand() *cli.Command {
 the key store directly, under its lock. Use the same --config/--state-dir/--store as the daemon.`,
 		Subcommands: []*cli.Command{
 			{
-				Name:  "init",
-				Usage: "create the key set if the store has none (the daemon also does on first start)",
-				Flags: common,
-				Action: func(c *cli.Context) error {
-					if err := noArgs(c); err != nil {
-						return err
-					}
-					return changeKeys(c, false, func(ops keyOps, before []keys.KeyInfo) ([]keys.KeyInfo, error) {
-						if len(before) > 0 {
-							fmt.Fprintln(c.App.Writer, "a key set exists already; added only what the configuration lacked")
-						}
-						return ops.Init(c.Context)
-					})
-				},
+				Name:   "init",
+				Usage:  "create the key set if the store has none (the daemon also does on first start)",
+				Flags:  common,
+				Action: keysInit,
 			},
 			{
-				Name:  "list",
-				Usage: "list keys, their states and times, and the rotation status",
-				Flags: append(common, &cli.BoolFlag{Name: "json", Usage: "print JSON"}),
-				Action: func(c *cli.Context) error {
-					if err := noArgs(c); err != nil {
-						return err
-					}
-					ops, err := openKeyOps(c, true)
-					if err != nil {
-						return err
-					}
-					defer ops.Close()
-					infos, st, err := ops.List(c.Context)
-					if err != nil {
-						return err
-					}
-					if c.Bool("json") {
-						return printJSON(c.App.Writer, map[string]any{"keys": infos, "status": st})
-					}
-					printKeys(c.App.Writer, infos)
-					if st != nil {
-						fmt.Fprint(c.App.Writer, "\n"+st.String())
-					}
-					return nil
-				},
+				Name:   "list",
+				Usage:  "list keys, their states and times, and the rotation status",
+				Flags:  append(common, &cli.BoolFlag{Name: "json", Usage: "print JSON"}),
+				Action: keysList,
 			},
 			{
 				Name:      "rotate",
@@ -81,22 +50,7 @@ the key store directly, under its lock. Use the same --config/--state-dir/--stor
 					&cli.StringSliceFlag{Name: "alg", Usage: "rotate only this algorithm; repeatable (default: all)"},
 					&cli.BoolFlag{Name: "force", Usage: "rotate even if the next key has not been published for jwks_max_age + clock_skew (verifiers with a cached JWKS may reject new tokens until they refetch)"},
 				),
-				Action: func(c *cli.Context) error {
-					if err := noArgs(c); err != nil {
-						return err
-					}
-					var algs []keys.Algorithm
-					for _, s := range c.StringSlice("alg") {
-						a, err := keys.ParseAlgorithm(s)
-						if err != nil {
-							return err
-						}
-						algs = append(algs, a)
-					}
-					return changeKeys(c, true, func(ops keyOps, _ []keys.KeyInfo) ([]keys.KeyInfo, error) {
-						return ops.Rotate(c.Context, algs, c.Bool("force"))
-					})
-				},
+				Action: keysRotate,
 			},
 			{
 				Name:      "revoke",
@@ -107,24 +61,7 @@ the key store directly, under its lock. Use the same --config/--state-dir/--stor
 				// keys: oneArg parses the flags, and takes such a kid for
 				// the argument rather than an unknown flag.
 				SkipFlagParsing: true,
-				Action: func(c *cli.Context) error {
-					kid, err := oneArg(c, "KID (see tsidp keys list)", keys.IsKID)
-					if err != nil || kid == "" {
-						return err
-					}
-					return changeKeys(c, true, func(ops keyOps, before []keys.KeyInfo) ([]keys.KeyInfo, error) {
-						_, offline := ops.(*storeKeyOps)
-						if i := slices.IndexFunc(before, func(k keys.KeyInfo) bool { return k.ID == kid }); i >= 0 && before[i].State == keys.StateRevoked {
-							fmt.Fprintln(c.App.Writer, revokedLine(kid, true, offline))
-							return nil, nil
-						}
-						after, err := ops.Revoke(c.Context, kid)
-						if err == nil {
-							fmt.Fprintln(c.App.Writer, revokedLine(kid, false, offline))
-						}
-						return after, err
-					})
-				},
+				Action:          keysRevoke,
 			},
 			{
 				Name:      "import",
@@ -134,79 +71,137 @@ the key store directly, under its lock. Use the same --config/--state-dir/--stor
 					&cli.StringFlag{Name: "alg", Usage: "algorithm the key signs with: ES256, RS256 or EdDSA (required)"},
 					&cli.BoolFlag{Name: "activate", Usage: "make it the active key at once (when migrating an issuer whose verifiers already know the key)"},
 				),
-				Action: func(c *cli.Context) error {
-					file, err := oneArg(c, "FILE", nil)
-					if err != nil || file == "" {
-						return err
-					}
-					if c.String("alg") == "" {
-						return errors.New("tsidp: keys import needs --alg (ES256, RS256 or EdDSA)")
-					}
-					alg, err := keys.ParseAlgorithm(c.String("alg"))
-					if err != nil {
-						return err
-					}
-					data, err := readBounded(file, 1<<20)
-					if err != nil {
-						return err
-					}
-					// Import may create the key set: migrating from another
-					// issuer before tsidp's first start is a normal use.
-					ops, err := openKeyOps(c, false)
-					if err != nil {
-						return err
-					}
-					defer ops.Close()
-					ki, err := ops.Import(c.Context, data, alg, c.Bool("activate"))
-					if err != nil {
-						return err
-					}
-					fmt.Fprintf(c.App.Writer, "imported %s key %s as %s\n", ki.Algorithm, ki.ID, ki.State)
-					return nil
-				},
+				Action: keysImport,
 			},
 			{
-				Name:  "export-jwks",
-				Usage: "print the public JWKS (for static hosting)",
-				Flags: common,
-				Action: func(c *cli.Context) error {
-					if err := noArgs(c); err != nil {
-						return err
-					}
-					ops, err := openKeyOps(c, true)
-					if err != nil {
-						return err
-					}
-					defer ops.Close()
-					body, err := ops.JWKS(c.Context)
-					if err != nil {
-						return err
-					}
-					_, err = c.App.Writer.Write(body)
-					return err
-				},
+				Name:   "export-jwks",
+				Usage:  "print the public JWKS (for static hosting)",
+				Flags:  common,
+				Action: keysExportJWKS,
 			},
 		},
 	}
 }
 
-// keyOps is what the keys subcommands do, either through the daemon or on
-// the store directly.
-type keyOps interface {
-	List(ctx context.Context) ([]keys.KeyInfo, *keys.Status, error)
-	Init(ctx context.Context) ([]keys.KeyInfo, error)
-	Rotate(ctx context.Context, algs []keys.Algorithm, force bool) ([]keys.KeyInfo, error)
-	Revoke(ctx context.Context, kid string) ([]keys.KeyInfo, error)
-	Import(ctx context.Context, data []byte, alg keys.Algorithm, activate bool) (keys.KeyInfo, error)
-	JWKS(ctx context.Context) ([]byte, error)
-	Close() error
+// keysInit is tsidp keys init.
+func keysInit(c *cli.Context) error {
+	if err := noArgs(c); err != nil {
+		return err
+	}
+	return changeKeys(c, false, func(k *admin.Keys, before []keys.KeyInfo) ([]keys.KeyInfo, error) {
+		if len(before) > 0 {
+			fmt.Fprintln(c.App.Writer, "a key set exists already; added only what the configuration lacked")
+		}
+		return k.Init(c.Context)
+	})
 }
 
-// openKeyOps picks the daemon if one answers on the admin socket, else the
-// store named by the configuration. With mustExist, a store holding no key
-// set is an error rather than a new key set: a mistyped --state-dir must
-// not list nothing, export an empty JWKS or start a new history.
-func openKeyOps(c *cli.Context, mustExist bool) (keyOps, error) {
+// keysList is tsidp keys list.
+func keysList(c *cli.Context) error {
+	if err := noArgs(c); err != nil {
+		return err
+	}
+	return withKeys(c, true, func(k *admin.Keys) error {
+		infos, st, err := k.List(c.Context)
+		if err != nil {
+			return err
+		}
+		if c.Bool("json") {
+			return printJSON(c.App.Writer, map[string]any{"keys": infos, "status": st})
+		}
+		printKeys(c.App.Writer, infos)
+		fmt.Fprint(c.App.Writer, "\n"+st.String())
+		return nil
+	})
+}
+
+// keysRotate is tsidp keys rotate.
+func keysRotate(c *cli.Context) error {
+	if err := noArgs(c); err != nil {
+		return err
+	}
+	var algs []keys.Algorithm
+	for _, s := range c.StringSlice("alg") {
+		a, err := keys.ParseAlgorithm(s)
+		if err != nil {
+			return err
+		}
+		algs = append(algs, a)
+	}
+	return changeKeys(c, true, func(k *admin.Keys, _ []keys.KeyInfo) ([]keys.KeyInfo, error) {
+		return k.Rotate(c.Context, algs, c.Bool("force"))
+	})
+}
+
+// keysRevoke is tsidp keys revoke.
+func keysRevoke(c *cli.Context) error {
+	kid, err := oneArg(c, "KID (see tsidp keys list)", keys.IsKID)
+	if err != nil || kid == "" {
+		return err
+	}
+	return changeKeys(c, true, func(k *admin.Keys, before []keys.KeyInfo) ([]keys.KeyInfo, error) {
+		if i := slices.IndexFunc(before, func(ki keys.KeyInfo) bool { return ki.ID == kid }); i >= 0 && before[i].State == keys.StateRevoked {
+			fmt.Fprintln(c.App.Writer, revokedLine(kid, true, !k.Daemon))
+			return nil, nil
+		}
+		after, err := k.Revoke(c.Context, kid)
+		if err == nil {
+			fmt.Fprintln(c.App.Writer, revokedLine(kid, false, !k.Daemon))
+		}
+		return after, err
+	})
+}
+
+// keysImport is tsidp keys import.
+func keysImport(c *cli.Context) error {
+	file, err := oneArg(c, "FILE", nil)
+	if err != nil || file == "" {
+		return err
+	}
+	if c.String("alg") == "" {
+		return errors.New("tsidp: keys import needs --alg (ES256, RS256 or EdDSA)")
+	}
+	alg, err := keys.ParseAlgorithm(c.String("alg"))
+	if err != nil {
+		return err
+	}
+	data, err := readBounded(file, 1<<20)
+	if err != nil {
+		return err
+	}
+	// Import may create the key set: migrating from another issuer
+	// before tsidp's first start is a normal use.
+	return withKeys(c, false, func(k *admin.Keys) error {
+		ki, err := k.Import(c.Context, data, alg, c.Bool("activate"))
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(c.App.Writer, "imported %s key %s as %s\n", ki.Algorithm, ki.ID, ki.State)
+		return nil
+	})
+}
+
+// keysExportJWKS is tsidp keys export-jwks.
+func keysExportJWKS(c *cli.Context) error {
+	if err := noArgs(c); err != nil {
+		return err
+	}
+	return withKeys(c, true, func(k *admin.Keys) error {
+		body, err := k.ExportJWKS(c.Context)
+		if err != nil {
+			return err
+		}
+		_, err = c.App.Writer.Write(body)
+		return err
+	})
+}
+
+// openKeys opens the key administration of the configuration c names:
+// the daemon's if one answers on the admin socket, else the store's (see
+// admin.OpenKeys). With mustExist, a store holding no key set is an error
+// rather than a new key set: a mistyped --state-dir must not list nothing,
+// export an empty JWKS or start a new history.
+func openKeys(c *cli.Context, mustExist bool) (*admin.Keys, error) {
 	cfg, err := config.Load(c.String("config"))
 	if err != nil {
 		return nil, err
@@ -220,14 +215,14 @@ func openKeyOps(c *cli.Context, mustExist bool) (keyOps, error) {
 	if err := cfg.ValidateStore(); err != nil {
 		return nil, err
 	}
-	ac := admin.NewClient(cfg.Admin.Socket)
-	ctx, cancel := context.WithTimeout(c.Context, 5*time.Second)
-	defer cancel()
-	if _, err := ac.Status(ctx); err == nil {
-		return &daemonKeyOps{c: ac}, nil
-	} else if !errors.Is(err, admin.ErrNotRunning) {
-		return nil, fmt.Errorf("tsidp: admin socket %s: %w", cfg.Admin.Socket, err)
-	}
+	return admin.OpenKeys(c.Context, cfg.Admin.Socket, kp, func(ctx context.Context) (keys.Store, error) {
+		return openStore(ctx, cfg, mustExist)
+	})
+}
+
+// openStore opens the store cfg names; with mustExist it refuses one that
+// holds no key set.
+func openStore(ctx context.Context, cfg *config.Config, mustExist bool) (keys.Store, error) {
 	if mustExist && cfg.Keys.Store == "file" {
 		// Check before opening: opening creates the directory.
 		path := filepath.Join(cfg.StateDir, "keys", keys.FileStoreName)
@@ -235,12 +230,12 @@ func openKeyOps(c *cli.Context, mustExist bool) (keyOps, error) {
 			return nil, fmt.Errorf("tsidp: no key set at %s and no daemon on %s: check --state-dir (the daemon creates the key set on first start)", path, cfg.Admin.Socket)
 		}
 	}
-	st, err := daemon.OpenStore(c.Context, cfg)
+	st, err := daemon.OpenStore(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
 	if mustExist && cfg.Keys.Store != "file" {
-		set, err := st.Load(c.Context)
+		set, err := st.Load(ctx)
 		if err != nil {
 			st.Close()
 			return nil, err
@@ -250,30 +245,37 @@ func openKeyOps(c *cli.Context, mustExist bool) (keyOps, error) {
 			return nil, fmt.Errorf("tsidp: no key set in %s under prefix %q: check --store and keys.etcd.prefix (a replica creates the key set on first start)", cfg.Keys.Store, cfg.Keys.Etcd.Prefix)
 		}
 	}
-	return &storeKeyOps{st: st, p: kp}, nil
+	return st, nil
 }
 
 // changeKeys runs change on the keys (through the daemon or the store) and
 // prints how the active keys changed. change may print lines of its own
 // first; it returns nil keys when it changed nothing.
-func changeKeys(c *cli.Context, mustExist bool, change func(ops keyOps, before []keys.KeyInfo) ([]keys.KeyInfo, error)) error {
-	ops, err := openKeyOps(c, mustExist)
+func changeKeys(c *cli.Context, mustExist bool, change func(k *admin.Keys, before []keys.KeyInfo) ([]keys.KeyInfo, error)) error {
+	return withKeys(c, mustExist, func(k *admin.Keys) error {
+		before, _, err := k.List(c.Context)
+		if err != nil {
+			return err
+		}
+		after, err := change(k, before)
+		if err != nil || after == nil {
+			return err
+		}
+		for _, line := range activeChanges(before, after) {
+			fmt.Fprintln(c.App.Writer, line)
+		}
+		return nil
+	})
+}
+
+// withKeys runs fn on the keys openKeys opens, and closes them.
+func withKeys(c *cli.Context, mustExist bool, fn func(k *admin.Keys) error) error {
+	k, err := openKeys(c, mustExist)
 	if err != nil {
 		return err
 	}
-	defer ops.Close()
-	before, _, err := ops.List(c.Context)
-	if err != nil {
-		return err
-	}
-	after, err := change(ops, before)
-	if err != nil || after == nil {
-		return err
-	}
-	for _, line := range activeChanges(before, after) {
-		fmt.Fprintln(c.App.Writer, line)
-	}
-	return nil
+	defer k.Close()
+	return fn(k)
 }
 
 // noArgs refuses positional arguments, most often flags written after one
@@ -313,135 +315,6 @@ func oneArg(c *cli.Context, what string, argLike func(string) bool) (string, err
 	}
 	return words[0], nil
 }
-
-type daemonKeyOps struct{ c *admin.Client }
-
-func (o *daemonKeyOps) List(ctx context.Context) ([]keys.KeyInfo, *keys.Status, error) {
-	st, err := o.c.Status(ctx)
-	if err != nil {
-		return nil, nil, err
-	}
-	kr, err := o.c.Keys(ctx)
-	if err != nil {
-		return nil, nil, err
-	}
-	return kr.Keys, &st.Keys, nil
-}
-
-// Init with a daemon running has nothing to do: the daemon made its keys.
-func (o *daemonKeyOps) Init(ctx context.Context) ([]keys.KeyInfo, error) {
-	kr, err := o.c.Keys(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return kr.Keys, nil
-}
-
-func (o *daemonKeyOps) Rotate(ctx context.Context, algs []keys.Algorithm, force bool) ([]keys.KeyInfo, error) {
-	kr, err := o.c.Rotate(ctx, admin.RotateRequest{Algorithms: algs, Force: force})
-	if err != nil {
-		return nil, err
-	}
-	return kr.Keys, nil
-}
-
-func (o *daemonKeyOps) Revoke(ctx context.Context, kid string) ([]keys.KeyInfo, error) {
-	kr, err := o.c.Revoke(ctx, kid)
-	if err != nil {
-		return nil, err
-	}
-	return kr.Keys, nil
-}
-
-func (o *daemonKeyOps) Import(ctx context.Context, data []byte, alg keys.Algorithm, activate bool) (keys.KeyInfo, error) {
-	return o.c.Import(ctx, admin.ImportRequest{Key: string(data), Algorithm: alg, Activate: activate})
-}
-
-func (o *daemonKeyOps) JWKS(ctx context.Context) ([]byte, error) { return o.c.JWKS(ctx) }
-func (o *daemonKeyOps) Close() error                             { return nil }
-
-// storeKeyOps works on the store directly; every change is a
-// compare-and-swap under the store's lock, so it cannot lose a concurrent
-// writer's update.
-type storeKeyOps struct {
-	st keys.Store
-	p  keys.Policy
-}
-
-func (o *storeKeyOps) List(ctx context.Context) ([]keys.KeyInfo, *keys.Status, error) {
-	set, err := o.st.Load(ctx)
-	if err != nil {
-		return nil, nil, err
-	}
-	if len(set.Keys) == 0 {
-		return nil, nil, nil
-	}
-	st := keys.StatusOf(set, o.p, time.Now())
-	return set.List(o.p), &st, nil
-}
-
-func (o *storeKeyOps) update(ctx context.Context, fn func(*keys.Set, time.Time) error) ([]keys.KeyInfo, error) {
-	set, err := keys.Update(ctx, o.st, func(s *keys.Set) error {
-		now := time.Now()
-		// The daemon would add keys the configuration asks for and the
-		// set lacks (a new algorithm) on start; so does every change
-		// here. (Only init and import get here with an empty store.)
-		if err := s.Ensure(now, o.p); err != nil {
-			return err
-		}
-		return fn(s, now)
-	})
-	if err != nil {
-		return nil, err
-	}
-	return set.List(o.p), nil
-}
-
-func (o *storeKeyOps) Init(ctx context.Context) ([]keys.KeyInfo, error) {
-	return o.update(ctx, func(*keys.Set, time.Time) error { return nil })
-}
-
-func (o *storeKeyOps) Rotate(ctx context.Context, algs []keys.Algorithm, force bool) ([]keys.KeyInfo, error) {
-	if len(algs) == 0 {
-		algs = o.p.Algorithms
-	}
-	return o.update(ctx, func(s *keys.Set, now time.Time) error {
-		for _, a := range algs {
-			if err := s.Rotate(now, o.p, a, force); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-}
-
-func (o *storeKeyOps) Revoke(ctx context.Context, kid string) ([]keys.KeyInfo, error) {
-	return o.update(ctx, func(s *keys.Set, now time.Time) error { return s.Revoke(now, o.p, kid) })
-}
-
-func (o *storeKeyOps) Import(ctx context.Context, data []byte, alg keys.Algorithm, activate bool) (keys.KeyInfo, error) {
-	var ki keys.KeyInfo
-	_, err := o.update(ctx, func(s *keys.Set, now time.Time) error {
-		k, err := s.ImportPrivateKey(now, o.p, data, alg, activate)
-		if err != nil {
-			return err
-		}
-		ki = k.Info(o.p)
-		return nil
-	})
-	return ki, err
-}
-
-func (o *storeKeyOps) JWKS(ctx context.Context) ([]byte, error) {
-	set, err := o.st.Load(ctx)
-	if err != nil {
-		return nil, err
-	}
-	body, _ := keys.RenderJWKS(set)
-	return body, nil
-}
-
-func (o *storeKeyOps) Close() error { return o.st.Close() }
 
 // revokedLine says what revoking kid did. Through the daemon, the key left
 // its JWKS. On the store directly (no daemon answered on the admin socket)

@@ -21,34 +21,14 @@ import (
 	"github.com/tsidp/tsidp/pkg/keys"
 )
 
+// startAdmin serves the admin API of a new Manager on a new socket until
+// the test ends.
 func startAdmin(t *testing.T) (sock string, m *keys.Manager) {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "adm-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	st, err := keys.NewFileStore(filepath.Join(dir, "keys"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
 	p := keys.Policy{Algorithms: []keys.Algorithm{keys.ES256, keys.EdDSA}, JWKSMaxAge: time.Second, ClockSkew: time.Second}
 	p.Provision()
-	m, err = keys.NewManager(context.Background(), st, p, t.Logf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sock = filepath.Join(dir, "admin.sock")
-	ln, err := Listen(sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { Serve(ctx, ln, Handler(Config{Keys: m, Version: "test", Logf: t.Logf})); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
-	return sock, m
+	m = newManager(t, newStore(t, nil), p, time.Now)
+	return serve(t, Handler(Config{Keys: m, Version: "test", Logf: t.Logf})), m
 }
 
 func TestSocketMode(t *testing.T) {
@@ -130,17 +110,17 @@ func TestClientRotateRevokeImport(t *testing.T) {
 	if err != nil || st.Version != "test" || len(st.Keys.Algorithms) != 2 {
 		t.Fatalf("status = %+v, %v", st, err)
 	}
-	kr, err := c.Keys(ctx)
-	if err != nil || len(kr.Keys) != 4 {
-		t.Fatalf("keys = %+v, %v", kr, err)
+	kl, ks, err := c.List(ctx)
+	if err != nil || len(kl) != 4 || len(ks.Algorithms) != 2 {
+		t.Fatalf("keys = %+v, %+v, %v", kl, ks, err)
 	}
 	// Rotation is refused until the next key has been published long
 	// enough; force overrides.
-	if _, err := c.Rotate(ctx, RotateRequest{Algorithms: []keys.Algorithm{keys.ES256}}); err == nil {
+	if _, err := c.Rotate(ctx, []keys.Algorithm{keys.ES256}, false); err == nil {
 		t.Error("early rotation accepted without force")
 	}
 	oldActive := m.Status(time.Now()).Algorithms[0].Active
-	if _, err := c.Rotate(ctx, RotateRequest{Algorithms: []keys.Algorithm{keys.ES256}, Force: true}); err != nil {
+	if _, err := c.Rotate(ctx, []keys.Algorithm{keys.ES256}, true); err != nil {
 		t.Fatal(err)
 	}
 	if m.Status(time.Now()).Algorithms[0].Active == oldActive {
@@ -149,13 +129,13 @@ func TestClientRotateRevokeImport(t *testing.T) {
 	if _, err := c.Revoke(ctx, oldActive); err != nil {
 		t.Fatalf("revoke retired: %v", err)
 	}
-	if body, err := c.JWKS(ctx); err != nil || strings.Contains(string(body), oldActive) {
+	if body, err := c.ExportJWKS(ctx); err != nil || strings.Contains(string(body), oldActive) {
 		t.Errorf("revoked key still in JWKS: %v %s", err, body)
 	}
 	if _, err := c.Revoke(ctx, "no-such-kid"); err == nil {
 		t.Error("revoking an unknown kid succeeded")
 	}
-	if _, err := c.Import(ctx, ImportRequest{Key: "not a key", Algorithm: keys.ES256}); err == nil {
+	if _, err := c.Import(ctx, []byte("not a key"), keys.ES256, false); err == nil {
 		t.Error("importing garbage succeeded")
 	}
 }
@@ -289,7 +269,7 @@ func TestClientRefusesOtherUsersServer(t *testing.T) {
 	sock, lines := startImpostor(t, bin, theirs, &syscall.Credential{Uid: nobody, Gid: nobody})
 	c := NewClient(sock)
 	for name, call := range map[string]func() error{
-		"import": func() error { _, err := c.Import(ctx, ImportRequest{Key: keyPEM, Algorithm: keys.ES256}); return err },
+		"import": func() error { _, err := c.Import(ctx, []byte(keyPEM), keys.ES256, false); return err },
 		"revoke": func() error { _, err := c.Revoke(ctx, "somekid"); return err },
 		"status": func() error { _, err := c.Status(ctx); return err },
 	} {
@@ -303,6 +283,18 @@ func TestClientRefusesOtherUsersServer(t *testing.T) {
 		if l := nextLine(t, lines); l != "conn 0 bytes" {
 			t.Errorf("%s: the other user's listener got %q; want nothing sent", name, l)
 		}
+	}
+
+	// The keys commands do not take it for "no daemon" either: they fail
+	// rather than work on the store behind what may be a daemon.
+	if _, err := OpenKeys(ctx, sock, keys.Policy{}, func(context.Context) (keys.Store, error) {
+		t.Error("OpenKeys opened the store with another user's listener on the socket")
+		return nil, errors.New("no store")
+	}); !errors.Is(err, ErrUntrustedServer) {
+		t.Errorf("OpenKeys with another user's listener: %v", err)
+	}
+	if l := nextLine(t, lines); l != "conn 0 bytes" {
+		t.Errorf("OpenKeys: the other user's listener got %q", l)
 	}
 
 	// The same listener as root: trusted, and it gets the request.

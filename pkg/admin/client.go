@@ -90,32 +90,54 @@ func (c *Client) Status(ctx context.Context) (*Status, error) {
 	return &st, c.do(ctx, "GET", "/v1/status", nil, &st)
 }
 
-// Keys lists the keys.
-func (c *Client) Keys(ctx context.Context) (*KeysResponse, error) {
+var _ keys.Administrator = (*Client)(nil)
+
+// List returns the daemon's keys and the status of its set.
+func (c *Client) List(ctx context.Context) ([]keys.KeyInfo, keys.Status, error) {
 	var kr KeysResponse
-	return &kr, c.do(ctx, "GET", "/v1/keys", nil, &kr)
+	if err := c.do(ctx, "GET", "/v1/keys", nil, &kr); err != nil {
+		return nil, keys.Status{}, err
+	}
+	if kr.Status == nil {
+		return nil, keys.Status{}, errors.New("admin: the daemon's key listing has no status")
+	}
+	return kr.Keys, *kr.Status, nil
+}
+
+// Init has the daemon add the keys its configuration asks for and its set
+// lacks.
+func (c *Client) Init(ctx context.Context) ([]keys.KeyInfo, error) {
+	return c.change(ctx, "/v1/keys/init", struct{}{})
 }
 
 // Rotate rotates the keys of the given algorithms (all when empty).
-func (c *Client) Rotate(ctx context.Context, req RotateRequest) (*KeysResponse, error) {
-	var kr KeysResponse
-	return &kr, c.do(ctx, "POST", "/v1/keys/rotate", req, &kr)
+func (c *Client) Rotate(ctx context.Context, algs []keys.Algorithm, force bool) ([]keys.KeyInfo, error) {
+	return c.change(ctx, "/v1/keys/rotate", RotateRequest{Algorithms: algs, Force: force})
 }
 
 // Revoke revokes a key by kid.
-func (c *Client) Revoke(ctx context.Context, kid string) (*KeysResponse, error) {
+func (c *Client) Revoke(ctx context.Context, kid string) ([]keys.KeyInfo, error) {
+	return c.change(ctx, "/v1/keys/revoke", RevokeRequest{KID: kid})
+}
+
+// change posts req to path and returns the keys after the change.
+func (c *Client) change(ctx context.Context, path string, req any) ([]keys.KeyInfo, error) {
 	var kr KeysResponse
-	return &kr, c.do(ctx, "POST", "/v1/keys/revoke", RevokeRequest{KID: kid}, &kr)
+	if err := c.do(ctx, "POST", path, req, &kr); err != nil {
+		return nil, err
+	}
+	return kr.Keys, nil
 }
 
-// Import imports a private key.
-func (c *Client) Import(ctx context.Context, req ImportRequest) (keys.KeyInfo, error) {
+// Import imports a private key. It travels only over the admin socket,
+// to a server this client checked runs as its own user or root.
+func (c *Client) Import(ctx context.Context, pemOrJWK []byte, alg keys.Algorithm, activate bool) (keys.KeyInfo, error) {
 	var ki keys.KeyInfo
-	return ki, c.do(ctx, "POST", "/v1/keys/import", req, &ki)
+	return ki, c.do(ctx, "POST", "/v1/keys/import", ImportRequest{Key: string(pemOrJWK), Algorithm: alg, Activate: activate}, &ki)
 }
 
-// JWKS returns the daemon's public JWKS.
-func (c *Client) JWKS(ctx context.Context) ([]byte, error) {
+// ExportJWKS returns the daemon's public JWKS.
+func (c *Client) ExportJWKS(ctx context.Context) ([]byte, error) {
 	var raw json.RawMessage
 	if err := c.do(ctx, "GET", "/v1/jwks", nil, &raw); err != nil {
 		return nil, err

@@ -26,6 +26,14 @@
 // adopts, nor writes over, a stored set older than its own (a store deleted
 // or restored from an old copy): see [RegressionError].
 //
+// # Administration
+//
+// [Administrator] is what operators do to a set (list, init, rotate,
+// revoke, import, export the JWKS), each operation defined once: a
+// [Manager] does it to the set of the running process, [Offline] to a
+// store no daemon serves, and package admin's client to a daemon over its
+// admin socket.
+//
 // # Signing
 //
 // [Manager] compiles the stored set into immutable per-algorithm signers

@@ -207,7 +207,7 @@ func TestManagerRotation(t *testing.T) {
 	// Too early: nothing rotates, not even partly.
 	v := tm.Version()
 	var te *TooEarlyError
-	if err := tm.Rotate(ctx, nil, false); !errors.As(err, &te) {
+	if _, err := tm.Rotate(ctx, nil, false); !errors.As(err, &te) {
 		t.Fatalf("Rotate right after start = %v; want *TooEarlyError", err)
 	}
 	if tm.Version() != v {
@@ -215,7 +215,7 @@ func TestManagerRotation(t *testing.T) {
 	}
 
 	tm.clk.Advance(p.JWKSMaxAge + p.ClockSkew)
-	if err := tm.Rotate(ctx, nil, false); err != nil {
+	if _, err := tm.Rotate(ctx, nil, false); err != nil {
 		t.Fatal(err)
 	}
 	jwks, _ := tm.JWKS()
@@ -247,14 +247,14 @@ func TestManagerRotation(t *testing.T) {
 
 	// Rotating one algorithm leaves the others alone; force skips the lead.
 	before := tm.cur.Load().set
-	if err := tm.Rotate(ctx, []Algorithm{EdDSA}, true); err != nil {
+	if _, err := tm.Rotate(ctx, []Algorithm{EdDSA}, true); err != nil {
 		t.Fatal(err)
 	}
 	after := tm.cur.Load().set
 	if after.Active(EdDSA).ID == before.Active(EdDSA).ID || after.Active(ES256).ID != before.Active(ES256).ID {
 		t.Error("forced rotation of EdDSA did not rotate exactly EdDSA")
 	}
-	if err := tm.Rotate(ctx, []Algorithm{"HS256"}, true); err == nil {
+	if _, err := tm.Rotate(ctx, []Algorithm{"HS256"}, true); err == nil {
 		t.Error("Rotate accepted an unconfigured algorithm")
 	}
 }
@@ -268,7 +268,7 @@ func TestManagerRevoke(t *testing.T) {
 		t.Fatal(err)
 	}
 	next := tm.cur.Load().set.Next(ES256).ID
-	if err := tm.Revoke(ctx, kid); err != nil {
+	if _, err := tm.Revoke(ctx, kid); err != nil {
 		t.Fatal(err)
 	}
 	jwks, _ := tm.JWKS()
@@ -293,7 +293,7 @@ func TestManagerRevoke(t *testing.T) {
 	if k := s.Key(kid); k == nil || k.State != StateRevoked || k.Private != nil {
 		t.Errorf("stored revoked key = %+v", k)
 	}
-	if err := tm.Revoke(ctx, "nope"); !errors.Is(err, ErrUnknownKey) {
+	if _, err := tm.Revoke(ctx, "nope"); !errors.Is(err, ErrUnknownKey) {
 		t.Errorf("Revoke(unknown) = %v", err)
 	}
 }
@@ -351,7 +351,7 @@ func TestManagerSignDuringChanges(t *testing.T) {
 		})
 	}
 	for range 5 {
-		if err := tm.Rotate(ctx, nil, true); err != nil {
+		if _, err := tm.Rotate(ctx, nil, true); err != nil {
 			t.Error(err)
 		}
 	}
@@ -392,13 +392,15 @@ func TestManagerLogsNoPrivateMaterial(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	must(tm.Rotate(ctx, nil, false))
-	collect()
-	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	_, err := tm.Import(ctx, pkcs8(t, k), ES256, false)
+	_, err := tm.Rotate(ctx, nil, false)
 	must(err)
 	collect()
-	must(tm.Revoke(ctx, tm.cur.Load().set.Active(EdDSA).ID))
+	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	_, err = tm.Import(ctx, pkcs8(t, k), ES256, false)
+	must(err)
+	collect()
+	_, err = tm.Revoke(ctx, tm.cur.Load().set.Active(EdDSA).ID)
+	must(err)
 	collect()
 	// A change by another process, picked up by Reload.
 	other := newTestFileStore(t, tm.st.dir)
@@ -579,7 +581,11 @@ func TestManagerStatus(t *testing.T) {
 func TestManagerListJSON(t *testing.T) {
 	p := testPolicy(ES256)
 	tm := newTestManager(t, p)
-	b, err := json.Marshal(tm.List())
+	list, _, err := tm.List(testCtx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := json.Marshal(list)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -84,7 +84,7 @@ func TestRotationOverdue(t *testing.T) {
 			st.full.Store(false)
 			if tc.leads {
 				m.maintain(ctx)
-			} else if err := m.Rotate(ctx, nil, false); err != nil { // the leader, at last
+			} else if _, err := m.Rotate(ctx, nil, false); err != nil { // the leader, at last
 				t.Fatal(err)
 			}
 			if err := m.RotationOverdue(clk.Now()); err != nil {

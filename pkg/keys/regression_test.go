@@ -25,10 +25,10 @@ func TestManagerRefusesRegressedStore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := tm.Rotate(ctx, nil, true); err != nil {
+	if _, err := tm.Rotate(ctx, nil, true); err != nil {
 		t.Fatal(err)
 	}
-	if err := tm.Rotate(ctx, nil, true); err != nil {
+	if _, err := tm.Rotate(ctx, nil, true); err != nil {
 		t.Fatal(err)
 	}
 	current, _ := os.ReadFile(tm.st.Path()) // version 3
@@ -76,10 +76,10 @@ func TestManagerRefusesRegressedStore(t *testing.T) {
 			tm.clk.Advance(3 * time.Hour)
 			tm.maintain(ctx)
 			// Nor do operator commands.
-			if err := tm.Rotate(ctx, nil, true); !errors.Is(err, ErrStoreRegressed) {
+			if _, err := tm.Rotate(ctx, nil, true); !errors.Is(err, ErrStoreRegressed) {
 				t.Errorf("Rotate over a regressed store = %v", err)
 			}
-			if err := tm.Revoke(ctx, kid); !errors.Is(err, ErrStoreRegressed) {
+			if _, err := tm.Revoke(ctx, kid); !errors.Is(err, ErrStoreRegressed) {
 				t.Errorf("Revoke over a regressed store = %v", err)
 			}
 			after, _ := os.ReadFile(tm.st.Path())
@@ -132,7 +132,7 @@ func TestManagerAdoptsOtherWritersChanges(t *testing.T) {
 	p.RotationPeriod, p.JWKSMaxAge, p.ClockSkew, p.MaxTokenTTL = 2*time.Hour, time.Hour, time.Minute, 3*time.Hour
 	tm := newTestManager(t, p)
 	ctx := testCtx(t)
-	if err := tm.Rotate(ctx, nil, true); err != nil {
+	if _, err := tm.Rotate(ctx, nil, true); err != nil {
 		t.Fatal(err)
 	}
 	var retired *Key
