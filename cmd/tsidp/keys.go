@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -17,7 +16,6 @@ import (
 
 	"github.com/tsidp/tsidp/pkg/admin"
 	"github.com/tsidp/tsidp/pkg/config"
-	"github.com/tsidp/tsidp/pkg/daemon"
 	"github.com/tsidp/tsidp/pkg/keys"
 )
 
@@ -212,40 +210,17 @@ func openKeys(c *cli.Context, mustExist bool) (*admin.Keys, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tsidp: %w", err)
 	}
-	if err := cfg.ValidateStore(); err != nil {
-		return nil, err
-	}
-	return admin.OpenKeys(c.Context, cfg.Admin.Socket, kp, func(ctx context.Context) (keys.Store, error) {
-		return openStore(ctx, cfg, mustExist)
-	})
-}
-
-// openStore opens the store cfg names; with mustExist it refuses one that
-// holds no key set.
-func openStore(ctx context.Context, cfg *config.Config, mustExist bool) (keys.Store, error) {
-	if mustExist && cfg.Keys.Store == "file" {
-		// Check before opening: opening creates the directory.
-		path := filepath.Join(cfg.StateDir, "keys", keys.FileStoreName)
-		if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("tsidp: no key set at %s and no daemon on %s: check --state-dir (the daemon creates the key set on first start)", path, cfg.Admin.Socket)
-		}
-	}
-	st, err := daemon.OpenStore(ctx, cfg)
+	sc, err := cfg.KeyStore()
 	if err != nil {
 		return nil, err
 	}
-	if mustExist && cfg.Keys.Store != "file" {
-		set, err := st.Load(ctx)
-		if err != nil {
-			st.Close()
-			return nil, err
+	return admin.OpenKeys(c.Context, cfg.Admin.Socket, kp, func(ctx context.Context) (keys.Store, error) {
+		st, err := sc.Open(ctx, keys.OpenOptions{MustExist: mustExist})
+		if errors.Is(err, keys.ErrNoKeySet) {
+			return nil, fmt.Errorf("tsidp: %w, and no daemon answers on %s: check --state-dir, or --store and the keys.etcd settings (the daemon creates the key set on its first start)", err, cfg.Admin.Socket)
 		}
-		if len(set.Keys) == 0 {
-			st.Close()
-			return nil, fmt.Errorf("tsidp: no key set in %s under prefix %q: check --store and keys.etcd.prefix (a replica creates the key set on first start)", cfg.Keys.Store, cfg.Keys.Etcd.Prefix)
-		}
-	}
-	return st, nil
+		return st, err
+	})
 }
 
 // changeKeys runs change on the keys (through the daemon or the store) and

@@ -12,6 +12,7 @@ import (
 	"github.com/tsidp/tsidp/pkg/admin"
 	"github.com/tsidp/tsidp/pkg/config"
 	"github.com/tsidp/tsidp/pkg/keys"
+	"github.com/tsidp/tsidp/pkg/keys/filestore"
 )
 
 // runningManager starts a key Manager on the file store of stateDir, with
@@ -25,7 +26,7 @@ func runningManager(t *testing.T, stateDir string) *keys.Manager {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := keys.NewFileStore(filepath.Join(stateDir, "keys"))
+	st, err := filestore.Open(filepath.Join(stateDir, "keys"))
 	if err != nil {
 		t.Fatal(err)
 	}

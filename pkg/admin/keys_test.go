@@ -22,6 +22,7 @@ import (
 	jose "github.com/go-jose/go-jose/v4"
 
 	"github.com/tsidp/tsidp/pkg/keys"
+	"github.com/tsidp/tsidp/pkg/keys/filestore"
 )
 
 // newStore returns a file store in a new directory holding a copy of set
@@ -33,7 +34,7 @@ func newStore(t *testing.T, set *keys.Set) keys.Store {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	st, err := keys.NewFileStore(filepath.Join(dir, "keys"))
+	st, err := filestore.Open(filepath.Join(dir, "keys"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -102,12 +102,12 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 	// Closing the store also resigns etcd leadership (etcdstore.Close).
 	d.closers = append(d.closers, func() { d.store.Close() })
 	// With etcd, only the elected leader rotates on schedule (store.go).
-	d.stores = newStoreState(cfg, d.store, logf)
+	d.stores = newStoreState(d.store, logf)
 	d.keys, err = keys.NewManager(ctx, d.store, kp, logf, d.stores.managerOptions()...)
 	if err != nil {
 		return nil, fmt.Errorf("tsidp: keys: %w", err)
 	}
-	d.stores.start(runCtx, cfg, d.keys, d.goRun) // election and health probes
+	d.stores.start(runCtx, d.keys, d.goRun) // election and health probes
 	d.goRun(func() { d.keys.Run(runCtx) })
 
 	// Identity backend, and the listeners that go with it.

@@ -15,8 +15,8 @@ import (
 
 	"tailscale.com/tsweb/varz"
 
-	"github.com/tsidp/tsidp/pkg/config"
 	"github.com/tsidp/tsidp/pkg/keys"
+	"github.com/tsidp/tsidp/pkg/keys/filestore"
 )
 
 // fullDisk fails every Save while full is set, as a full disk would. It
@@ -40,18 +40,16 @@ func (s *fullDisk) Save(ctx context.Context, set *keys.Set) error {
 // stays ok; both clear once a rotation succeeds.
 func TestRotationOverdueReported(t *testing.T) {
 	dir := t.TempDir()
-	fs, err := keys.NewFileStore(filepath.Join(dir, "keys"))
+	fs, err := filestore.Open(filepath.Join(dir, "keys"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer fs.Close()
 	st := &fullDisk{Store: fs}
-	cfg := &config.Config{StateDir: dir}
-	cfg.Provision()
 	p := keys.Policy{Algorithms: []keys.Algorithm{keys.ES256}}
 	p.Provision()
 	p.JWKSMaxAge, p.ClockSkew, p.RotationPeriod = 100*time.Millisecond, 100*time.Millisecond, 300*time.Millisecond
-	ss := newStoreState(cfg, st, t.Logf)
+	ss := newStoreState(st, t.Logf)
 	m, err := keys.NewManager(testCtx(t), st, p, t.Logf, ss.managerOptions()...)
 	if err != nil {
 		t.Fatal(err)
@@ -60,7 +58,7 @@ func TestRotationOverdueReported(t *testing.T) {
 	ctx, cancel := context.WithCancel(testCtx(t))
 	var wg sync.WaitGroup
 	defer func() { cancel(); wg.Wait() }()
-	ss.start(ctx, cfg, m, func(f func()) { wg.Go(f) })
+	ss.start(ctx, m, func(f func()) { wg.Go(f) })
 	wg.Go(func() { m.Run(ctx) })
 	publishStoreMetrics(ss)
 

@@ -13,7 +13,7 @@ import (
 // does, and adds every other key the policy asks for.
 func TestOfflineImportIntoEmptyStore(t *testing.T) {
 	p := testPolicy(ES256, EdDSA)
-	st := newTestFileStore(t, keyDir(t))
+	st := newMemStore(t)
 	clk := newFakeClock()
 	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	ki, err := NewOffline(st, p, clk.Now).Import(testCtx(t), pkcs8(t, k), ES256, false)

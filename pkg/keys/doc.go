@@ -20,9 +20,13 @@
 //
 // A [Store] holds one versioned [Set]. Writers use [Update], a
 // load-modify-compare-and-swap loop, so a daemon, the CLI and replicas can
-// all write without losing each other's changes. [FileStore] is the embedded
-// default and package etcdstore the replicated one; package keystest holds
-// the conformance suite every store must pass. A running [Manager] never
+// all write without losing each other's changes. Package filestore is the
+// embedded default and package etcdstore the replicated one; package
+// keystest holds the conformance suite every store must pass. What only
+// some stores can do is an optional capability ([Watcher], [Elector],
+// [HealthChecker]), and each store's configuration opens it
+// ([StoreConfig]), so that nothing outside package config needs to know
+// which store it uses. A running [Manager] never
 // adopts, nor writes over, a stored set older than its own (a store deleted
 // or restored from an old copy): see [RegressionError].
 //

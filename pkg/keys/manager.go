@@ -21,7 +21,7 @@ import (
 // Several Managers may share a Store (the daemon and the CLI, or
 // replicas): their writes go through Update, and Run picks up the others'
 // changes. A next key reaches every replica's JWKS within the store's
-// change-notification delay (about a second for FileStore), which the
+// change-notification delay (about a second for the file store), which the
 // publication lead's clock skew covers.
 type Manager struct {
 	st   Store

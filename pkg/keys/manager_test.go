@@ -10,7 +10,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -40,18 +39,17 @@ func (l *logCapture) String() string {
 
 type testManager struct {
 	*Manager
-	st  *FileStore
+	st  *memStore
 	clk *fakeClock
 	log *logCapture
 }
 
-// newTestManager returns a Manager on a new file store with a fake clock
+// newTestManager returns a Manager on a new memStore with a fake clock
 // starting at t0.
 func newTestManager(t *testing.T, p Policy, opts ...ManagerOption) *testManager {
 	t.Helper()
 	tm := &testManager{clk: newFakeClock(), log: &logCapture{}}
-	tm.st = newTestFileStore(t, keyDir(t))
-	tm.st.pollInterval = 10 * time.Millisecond
+	tm.st = newMemStore(t)
 	opts = append([]ManagerOption{func(m *Manager) { m.now = tm.clk.Now }}, opts...)
 	m, err := NewManager(testCtx(t), tm.st, p, tm.log.logf, opts...)
 	if err != nil {
@@ -365,10 +363,7 @@ func TestManagerLogsNoPrivateMaterial(t *testing.T) {
 	ctx := testCtx(t)
 	secrets := map[string]bool{}
 	collect := func() {
-		data, err := os.ReadFile(tm.st.Path())
-		if err != nil {
-			t.Fatal(err)
-		}
+		data := tm.st.raw()
 		var doc setDoc
 		if err := json.Unmarshal(data, &doc); err != nil {
 			t.Fatal(err)
@@ -403,7 +398,7 @@ func TestManagerLogsNoPrivateMaterial(t *testing.T) {
 	must(err)
 	collect()
 	// A change by another process, picked up by Reload.
-	other := newTestFileStore(t, tm.st.dir)
+	other := tm.st
 	_, err = Update(ctx, other, func(s *Set) error { return s.Rotate(tm.clk.Now().Add(time.Hour), p, RS256, true) })
 	must(err)
 	collect()
@@ -412,7 +407,7 @@ func TestManagerLogsNoPrivateMaterial(t *testing.T) {
 	tm.maintain(ctx)
 	collect()
 	// A failure path that logs an error.
-	os.WriteFile(tm.st.Path(), []byte("garbage"), 0o600)
+	tm.st.setRaw([]byte("garbage"))
 	tm.reload(ctx)
 
 	logs := tm.log.String()
@@ -441,7 +436,7 @@ func TestManagerReload(t *testing.T) {
 	p := testPolicy(ES256)
 	tm := newTestManager(t, p)
 	ctx := testCtx(t)
-	other := newTestFileStore(t, tm.st.dir)
+	other := tm.st // another process's writes
 	s, err := Update(ctx, other, func(s *Set) error { return s.Rotate(t0.Add(time.Hour), p, ES256, true) })
 	if err != nil {
 		t.Fatal(err)
@@ -453,9 +448,7 @@ func TestManagerReload(t *testing.T) {
 		t.Error("Reload did not switch to the stored set")
 	}
 	// A deleted key file must not stop signing.
-	if err := os.Remove(tm.st.Path()); err != nil {
-		t.Fatal(err)
-	}
+	tm.st.setRaw(nil)
 	if err := tm.Reload(ctx); err == nil || !strings.Contains(err.Error(), "keeping the current keys") {
 		t.Errorf("Reload of an empty store = %v; want a refusal", err)
 	}
@@ -512,7 +505,7 @@ func TestManagerRun(t *testing.T) {
 	waitFor(t, "pruning", func() bool { return tm.cur.Load().set.Key(first) == nil })
 
 	// A write by another process reaches the running Manager by Watch.
-	other := newTestFileStore(t, tm.st.dir)
+	other := tm.st // another process's writes
 	s, err := Update(ctx, other, func(s *Set) error { return s.Rotate(tm.clk.Now(), p, ES256, true) })
 	if err != nil {
 		t.Fatal(err)
@@ -629,7 +622,7 @@ func TestManagerListJSON(t *testing.T) {
 func TestNewManagerRejectsInvalidPolicy(t *testing.T) {
 	p := testPolicy()
 	p.RotationPeriod = time.Minute
-	if _, err := NewManager(testCtx(t), newTestFileStore(t, keyDir(t)), p, nil); err == nil || !strings.Contains(err.Error(), "rotation_period") {
+	if _, err := NewManager(testCtx(t), newMemStore(t), p, nil); err == nil || !strings.Contains(err.Error(), "rotation_period") {
 		t.Errorf("NewManager with an invalid policy = %v", err)
 	}
 }

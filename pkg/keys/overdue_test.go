@@ -44,7 +44,7 @@ func TestRotationOverdue(t *testing.T) {
 		{"another replica leads and does not rotate", false, false, 2 * time.Minute, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			st := &diskFullStore{Store: newTestFileStore(t, keyDir(t))}
+			st := &diskFullStore{Store: newMemStore(t)}
 			clk := newFakeClock()
 			m, err := NewManager(ctx, st, p, t.Logf, func(m *Manager) { m.now = clk.Now },
 				WithShouldRotate(func() bool { return tc.leads }))

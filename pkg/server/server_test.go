@@ -23,6 +23,7 @@ import (
 	"github.com/tsidp/tsidp/pkg/claims"
 	"github.com/tsidp/tsidp/pkg/identity"
 	"github.com/tsidp/tsidp/pkg/keys"
+	"github.com/tsidp/tsidp/pkg/keys/filestore"
 	"github.com/tsidp/tsidp/pkg/policy"
 )
 
@@ -65,7 +66,7 @@ func testManager(t testing.TB) *keys.Manager {
 		if err != nil {
 			t.Fatal(err)
 		}
-		st, err := keys.NewFileStore(dir)
+		st, err := filestore.Open(dir)
 		if err != nil {
 			t.Fatal(err)
 		}
