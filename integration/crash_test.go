@@ -14,6 +14,7 @@ import (
 	"github.com/tsidp/tsidp/internal/crashtest"
 	"github.com/tsidp/tsidp/pkg/keys"
 	"github.com/tsidp/tsidp/pkg/keys/etcdstore/etcdtest"
+	"github.com/tsidp/tsidp/pkg/keys/filestore"
 )
 
 // TestRotationCrashSafety kills tsidp with a real SIGKILL at each step of a
@@ -197,7 +198,7 @@ func storedActive(t *testing.T, state string, direct, storeArgs, algs []string) 
 	if len(storeArgs) > 0 {
 		return keysList(t, direct...).active(t, algs...)
 	}
-	st, err := keys.NewFileStore(filepath.Join(state, "keys"))
+	st, err := filestore.Open(filepath.Join(state, "keys"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -131,6 +131,17 @@ func TestKeysRunbook(t *testing.T) {
 						if activeES() == kid {
 							t.Error("the revoked key is still active")
 						}
+						// The same command revokes a kid that starts
+						// with "-" (about one in 64).
+						dashFile, dashKID := dashKey(t, work)
+						run("tsidp keys import --config " + cfg + " --alg ES256 --activate " + dashFile)
+						if activeES() != dashKID {
+							t.Fatalf("the imported key %s is not active", dashKID)
+						}
+						out = run(strings.ReplaceAll(line, "<kid>", dashKID))
+						if jwks := fetchJWKS(t, hc, iss); !strings.Contains(out, "revoked "+dashKID) || hasKID(jwks, dashKID) || activeES() == dashKID {
+							t.Errorf("revoke of %s: %s", dashKID, out)
+						}
 					case strings.Contains(line, "keys rotate"):
 						before := activeES()
 						// Right after start the next key may not sign yet;
@@ -304,6 +315,24 @@ func TestKeysRunbook(t *testing.T) {
 		t.Errorf("ran only %d runbook commands", ran)
 	}
 	t.Logf("ran %d runbook commands", ran)
+}
+
+// dashKey writes a new P-256 private key whose kid starts with "-" to
+// dir/dash-key.pem and returns the file and the kid.
+func dashKey(t *testing.T, dir string) (file, kid string) {
+	t.Helper()
+	for range 10000 {
+		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if kid := thumbprint(t, k.Public()); strings.HasPrefix(kid, "-") {
+			der, _ := x509.MarshalPKCS8PrivateKey(k)
+			return writeFile(t, dir, "dash-key.pem", string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))), kid
+		}
+	}
+	t.Fatal("no kid starting with - in 10000 keys")
+	return "", ""
 }
 
 // shLines returns a sh block's command lines.

@@ -3,16 +3,21 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
+
+	jose "github.com/go-jose/go-jose/v4"
 )
 
 // runCLI runs the tsidp command line as main does and returns what the
@@ -157,5 +162,91 @@ func TestKeysCommandLine(t *testing.T) {
 	_, stderr, code = runCLI(t, "keys", "revoke", "--state-dir", dir, "no-such-kid")
 	if code == 0 || !strings.Contains(stderr, `cannot revoke "no-such-kid": no key has that kid`) || strings.Contains(stderr, "unknown key") {
 		t.Errorf("unknown kid: exit %d, stderr %q", code, stderr)
+	}
+}
+
+// dashKeyPEM returns a new P-256 private key (PKCS#8 PEM) whose kid, its
+// RFC 7638 thumbprint, starts with "-", and that kid. About one key in 64
+// has one.
+func dashKeyPEM(t *testing.T) (pemText []byte, kid string) {
+	t.Helper()
+	for range 10000 {
+		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tp, err := (&jose.JSONWebKey{Key: k.Public()}).Thumbprint(crypto.SHA256)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if kid := base64.RawURLEncoding.EncodeToString(tp); strings.HasPrefix(kid, "-") {
+			der, _ := x509.MarshalPKCS8PrivateKey(k)
+			return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), kid
+		}
+	}
+	t.Fatal("no kid starting with - in 10000 keys")
+	return nil, ""
+}
+
+// TestRevokeDashKID: a kid that starts with "-" is revoked by the
+// documented command, flags before the KID, as well as with flags after it,
+// after "--", and with the state dir from the environment; unknown flags
+// and words that are no kid are still usage errors, and --help helps.
+func TestRevokeDashKID(t *testing.T) {
+	dir := t.TempDir()
+	if _, stderr, code := runCLI(t, "keys", "init", "--state-dir", dir); code != 0 {
+		t.Fatalf("init: %s", stderr)
+	}
+	for _, tc := range []struct {
+		name string
+		args func(kid string) []string
+		env  bool
+	}{
+		{"flags before the KID (docs/keys.md)", func(kid string) []string { return []string{"--state-dir", dir, kid} }, false},
+		{"flag=value before the KID", func(kid string) []string { return []string{"--state-dir=" + dir, kid} }, false},
+		{"flags after the KID", func(kid string) []string { return []string{kid, "--state-dir", dir} }, false},
+		{"after --", func(kid string) []string { return []string{"--state-dir", dir, "--", kid} }, false},
+		{"state dir from the environment", func(kid string) []string { return []string{kid} }, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.env {
+				t.Setenv("TSIDP_STATE_DIR", dir)
+			}
+			key, kid := dashKeyPEM(t)
+			file := filepath.Join(t.TempDir(), "key.pem")
+			os.WriteFile(file, key, 0o600)
+			stdout, stderr, code := runCLI(t, "keys", "import", "--state-dir", dir, "--alg", "ES256", file)
+			if code != 0 || !strings.Contains(stdout, "imported ES256 key "+kid) {
+				t.Fatalf("import: exit %d, stdout %q, stderr %q", code, stdout, stderr)
+			}
+			args := append([]string{"keys", "revoke"}, tc.args(kid)...)
+			stdout, stderr, code = runCLI(t, args...)
+			if code != 0 || !strings.Contains(stdout, "revoked "+kid) {
+				t.Fatalf("tsidp %s: exit %d, stdout %q, stderr %q", strings.Join(args, " "), code, stdout, stderr)
+			}
+			stdout, _, _ = runCLI(t, "keys", "list", "--json", "--state-dir", dir)
+			if !strings.Contains(stdout, `"kid": "`+kid+`",`) || !regexp.MustCompile(`"kid": "`+regexp.QuoteMeta(kid)+`",\s+"algorithm": "ES256",\s+"state": "revoked"`).MatchString(stdout) {
+				t.Errorf("after revoking %s:\n%s", kid, stdout)
+			}
+		})
+	}
+
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--bogus", "x"}, "flag provided but not defined: -bogus (see tsidp keys revoke --help)"},
+		{[]string{"--state-dir", dir, "-not-a-kid"}, "flag provided but not defined: -not-a-kid (see tsidp keys revoke --help)"},
+		{[]string{"--state-dir"}, "flag --state-dir needs a value"},
+		{[]string{"--state-dir", dir, "a", "b"}, `want exactly one argument, got also "b"`},
+	} {
+		stdout, stderr, code := runCLI(t, append([]string{"keys", "revoke"}, tc.args...)...)
+		if code == 0 || stdout != "" || !strings.Contains(stderr, tc.want) {
+			t.Errorf("keys revoke %q: exit %d, stdout %q, stderr %q; want %q", tc.args, code, stdout, stderr, tc.want)
+		}
+	}
+	stdout, stderr, code := runCLI(t, "keys", "revoke", "--help")
+	if code != 0 || !strings.Contains(stdout, "tsidp keys revoke [flags] KID") || !strings.Contains(stdout, "--state-dir") {
+		t.Errorf("keys revoke --help: exit %d, stdout %q, stderr %q", code, stdout, stderr)
 	}
 }

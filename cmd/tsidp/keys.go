@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -17,7 +16,6 @@ import (
 
 	"github.com/tsidp/tsidp/pkg/admin"
 	"github.com/tsidp/tsidp/pkg/config"
-	"github.com/tsidp/tsidp/pkg/daemon"
 	"github.com/tsidp/tsidp/pkg/keys"
 )
 
@@ -31,47 +29,16 @@ func keysCommand() *cli.Command {
 the key store directly, under its lock. Use the same --config/--state-dir/--store as the daemon.`,
 		Subcommands: []*cli.Command{
 			{
-				Name:  "init",
-				Usage: "create the key set if the store has none (the daemon also does on first start)",
-				Flags: common,
-				Action: func(c *cli.Context) error {
-					if err := noArgs(c); err != nil {
-						return err
-					}
-					return changeKeys(c, false, func(ops keyOps, before []keys.KeyInfo) ([]keys.KeyInfo, error) {
-						if len(before) > 0 {
-							fmt.Fprintln(c.App.Writer, "a key set exists already; added only what the configuration lacked")
-						}
-						return ops.Init(c.Context)
-					})
-				},
+				Name:   "init",
+				Usage:  "create the key set if the store has none (the daemon also does on first start)",
+				Flags:  common,
+				Action: keysInit,
 			},
 			{
-				Name:  "list",
-				Usage: "list keys, their states and times, and the rotation status",
-				Flags: append(common, &cli.BoolFlag{Name: "json", Usage: "print JSON"}),
-				Action: func(c *cli.Context) error {
-					if err := noArgs(c); err != nil {
-						return err
-					}
-					ops, err := openKeyOps(c, true)
-					if err != nil {
-						return err
-					}
-					defer ops.Close()
-					infos, st, err := ops.List(c.Context)
-					if err != nil {
-						return err
-					}
-					if c.Bool("json") {
-						return printJSON(c.App.Writer, map[string]any{"keys": infos, "status": st})
-					}
-					printKeys(c.App.Writer, infos)
-					if st != nil {
-						fmt.Fprint(c.App.Writer, "\n"+st.String())
-					}
-					return nil
-				},
+				Name:   "list",
+				Usage:  "list keys, their states and times, and the rotation status",
+				Flags:  append(common, &cli.BoolFlag{Name: "json", Usage: "print JSON"}),
+				Action: keysList,
 			},
 			{
 				Name:      "rotate",
@@ -81,45 +48,18 @@ the key store directly, under its lock. Use the same --config/--state-dir/--stor
 					&cli.StringSliceFlag{Name: "alg", Usage: "rotate only this algorithm; repeatable (default: all)"},
 					&cli.BoolFlag{Name: "force", Usage: "rotate even if the next key has not been published for jwks_max_age + clock_skew (verifiers with a cached JWKS may reject new tokens until they refetch)"},
 				),
-				Action: func(c *cli.Context) error {
-					if err := noArgs(c); err != nil {
-						return err
-					}
-					var algs []keys.Algorithm
-					for _, s := range c.StringSlice("alg") {
-						a, err := keys.ParseAlgorithm(s)
-						if err != nil {
-							return err
-						}
-						algs = append(algs, a)
-					}
-					return changeKeys(c, true, func(ops keyOps, _ []keys.KeyInfo) ([]keys.KeyInfo, error) {
-						return ops.Rotate(c.Context, algs, c.Bool("force"))
-					})
-				},
+				Action: keysRotate,
 			},
 			{
 				Name:      "revoke",
 				Usage:     "remove a key from the JWKS at once; an active key is replaced by the published next key",
-				UsageText: "tsidp keys revoke KID",
+				UsageText: "tsidp keys revoke [flags] KID",
 				Flags:     common,
-				Action: func(c *cli.Context) error {
-					if err := oneArg(c, "KID (see tsidp keys list)"); err != nil {
-						return err
-					}
-					kid := c.Args().First()
-					return changeKeys(c, true, func(ops keyOps, before []keys.KeyInfo) ([]keys.KeyInfo, error) {
-						if i := slices.IndexFunc(before, func(k keys.KeyInfo) bool { return k.ID == kid }); i >= 0 && before[i].State == keys.StateRevoked {
-							fmt.Fprintf(c.App.Writer, "%s was already revoked: it is not in the JWKS\n", kid)
-							return nil, nil
-						}
-						after, err := ops.Revoke(c.Context, kid)
-						if err == nil {
-							fmt.Fprintf(c.App.Writer, "revoked %s: it is no longer in the JWKS\n", kid)
-						}
-						return after, err
-					})
-				},
+				// A kid is base64url and starts with "-" about once in 64
+				// keys: oneArg parses the flags, and takes such a kid for
+				// the argument rather than an unknown flag.
+				SkipFlagParsing: true,
+				Action:          keysRevoke,
 			},
 			{
 				Name:      "import",
@@ -129,78 +69,137 @@ the key store directly, under its lock. Use the same --config/--state-dir/--stor
 					&cli.StringFlag{Name: "alg", Usage: "algorithm the key signs with: ES256, RS256 or EdDSA (required)"},
 					&cli.BoolFlag{Name: "activate", Usage: "make it the active key at once (when migrating an issuer whose verifiers already know the key)"},
 				),
-				Action: func(c *cli.Context) error {
-					if err := oneArg(c, "FILE"); err != nil {
-						return err
-					}
-					if c.String("alg") == "" {
-						return errors.New("tsidp: keys import needs --alg (ES256, RS256 or EdDSA)")
-					}
-					alg, err := keys.ParseAlgorithm(c.String("alg"))
-					if err != nil {
-						return err
-					}
-					data, err := readBounded(c.Args().First(), 1<<20)
-					if err != nil {
-						return err
-					}
-					// Import may create the key set: migrating from another
-					// issuer before tsidp's first start is a normal use.
-					ops, err := openKeyOps(c, false)
-					if err != nil {
-						return err
-					}
-					defer ops.Close()
-					ki, err := ops.Import(c.Context, data, alg, c.Bool("activate"))
-					if err != nil {
-						return err
-					}
-					fmt.Fprintf(c.App.Writer, "imported %s key %s as %s\n", ki.Algorithm, ki.ID, ki.State)
-					return nil
-				},
+				Action: keysImport,
 			},
 			{
-				Name:  "export-jwks",
-				Usage: "print the public JWKS (for static hosting)",
-				Flags: common,
-				Action: func(c *cli.Context) error {
-					if err := noArgs(c); err != nil {
-						return err
-					}
-					ops, err := openKeyOps(c, true)
-					if err != nil {
-						return err
-					}
-					defer ops.Close()
-					body, err := ops.JWKS(c.Context)
-					if err != nil {
-						return err
-					}
-					_, err = c.App.Writer.Write(body)
-					return err
-				},
+				Name:   "export-jwks",
+				Usage:  "print the public JWKS (for static hosting)",
+				Flags:  common,
+				Action: keysExportJWKS,
 			},
 		},
 	}
 }
 
-// keyOps is what the keys subcommands do, either through the daemon or on
-// the store directly.
-type keyOps interface {
-	List(ctx context.Context) ([]keys.KeyInfo, *keys.Status, error)
-	Init(ctx context.Context) ([]keys.KeyInfo, error)
-	Rotate(ctx context.Context, algs []keys.Algorithm, force bool) ([]keys.KeyInfo, error)
-	Revoke(ctx context.Context, kid string) ([]keys.KeyInfo, error)
-	Import(ctx context.Context, data []byte, alg keys.Algorithm, activate bool) (keys.KeyInfo, error)
-	JWKS(ctx context.Context) ([]byte, error)
-	Close() error
+// keysInit is tsidp keys init.
+func keysInit(c *cli.Context) error {
+	if err := noArgs(c); err != nil {
+		return err
+	}
+	return changeKeys(c, false, func(k *admin.Keys, before []keys.KeyInfo) ([]keys.KeyInfo, error) {
+		if len(before) > 0 {
+			fmt.Fprintln(c.App.Writer, "a key set exists already; added only what the configuration lacked")
+		}
+		return k.Init(c.Context)
+	})
 }
 
-// openKeyOps picks the daemon if one answers on the admin socket, else the
-// store named by the configuration. With mustExist, a store holding no key
-// set is an error rather than a new key set: a mistyped --state-dir must
-// not list nothing, export an empty JWKS or start a new history.
-func openKeyOps(c *cli.Context, mustExist bool) (keyOps, error) {
+// keysList is tsidp keys list.
+func keysList(c *cli.Context) error {
+	if err := noArgs(c); err != nil {
+		return err
+	}
+	return withKeys(c, true, func(k *admin.Keys) error {
+		infos, st, err := k.List(c.Context)
+		if err != nil {
+			return err
+		}
+		if c.Bool("json") {
+			return printJSON(c.App.Writer, map[string]any{"keys": infos, "status": st})
+		}
+		printKeys(c.App.Writer, infos)
+		fmt.Fprint(c.App.Writer, "\n"+st.String())
+		return nil
+	})
+}
+
+// keysRotate is tsidp keys rotate.
+func keysRotate(c *cli.Context) error {
+	if err := noArgs(c); err != nil {
+		return err
+	}
+	var algs []keys.Algorithm
+	for _, s := range c.StringSlice("alg") {
+		a, err := keys.ParseAlgorithm(s)
+		if err != nil {
+			return err
+		}
+		algs = append(algs, a)
+	}
+	return changeKeys(c, true, func(k *admin.Keys, _ []keys.KeyInfo) ([]keys.KeyInfo, error) {
+		return k.Rotate(c.Context, algs, c.Bool("force"))
+	})
+}
+
+// keysRevoke is tsidp keys revoke.
+func keysRevoke(c *cli.Context) error {
+	kid, err := oneArg(c, "KID (see tsidp keys list)", keys.IsKID)
+	if err != nil || kid == "" {
+		return err
+	}
+	return changeKeys(c, true, func(k *admin.Keys, before []keys.KeyInfo) ([]keys.KeyInfo, error) {
+		if i := slices.IndexFunc(before, func(ki keys.KeyInfo) bool { return ki.ID == kid }); i >= 0 && before[i].State == keys.StateRevoked {
+			fmt.Fprintln(c.App.Writer, revokedLine(kid, true, !k.Daemon))
+			return nil, nil
+		}
+		after, err := k.Revoke(c.Context, kid)
+		if err == nil {
+			fmt.Fprintln(c.App.Writer, revokedLine(kid, false, !k.Daemon))
+		}
+		return after, err
+	})
+}
+
+// keysImport is tsidp keys import.
+func keysImport(c *cli.Context) error {
+	file, err := oneArg(c, "FILE", nil)
+	if err != nil || file == "" {
+		return err
+	}
+	if c.String("alg") == "" {
+		return errors.New("tsidp: keys import needs --alg (ES256, RS256 or EdDSA)")
+	}
+	alg, err := keys.ParseAlgorithm(c.String("alg"))
+	if err != nil {
+		return err
+	}
+	data, err := readBounded(file, 1<<20)
+	if err != nil {
+		return err
+	}
+	// Import may create the key set: migrating from another issuer
+	// before tsidp's first start is a normal use.
+	return withKeys(c, false, func(k *admin.Keys) error {
+		ki, err := k.Import(c.Context, data, alg, c.Bool("activate"))
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(c.App.Writer, "imported %s key %s as %s\n", ki.Algorithm, ki.ID, ki.State)
+		return nil
+	})
+}
+
+// keysExportJWKS is tsidp keys export-jwks.
+func keysExportJWKS(c *cli.Context) error {
+	if err := noArgs(c); err != nil {
+		return err
+	}
+	return withKeys(c, true, func(k *admin.Keys) error {
+		body, err := k.ExportJWKS(c.Context)
+		if err != nil {
+			return err
+		}
+		_, err = c.App.Writer.Write(body)
+		return err
+	})
+}
+
+// openKeys opens the key administration of the configuration c names:
+// the daemon's if one answers on the admin socket, else the store's (see
+// admin.OpenKeys). With mustExist, a store holding no key set is an error
+// rather than a new key set: a mistyped --state-dir must not list nothing,
+// export an empty JWKS or start a new history.
+func openKeys(c *cli.Context, mustExist bool) (*admin.Keys, error) {
 	cfg, err := config.Load(c.String("config"))
 	if err != nil {
 		return nil, err
@@ -211,63 +210,47 @@ func openKeyOps(c *cli.Context, mustExist bool) (keyOps, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tsidp: %w", err)
 	}
-	if err := cfg.ValidateStore(); err != nil {
-		return nil, err
-	}
-	ac := admin.NewClient(cfg.Admin.Socket)
-	ctx, cancel := context.WithTimeout(c.Context, 5*time.Second)
-	defer cancel()
-	if _, err := ac.Status(ctx); err == nil {
-		return &daemonKeyOps{c: ac}, nil
-	} else if !errors.Is(err, admin.ErrNotRunning) {
-		return nil, fmt.Errorf("tsidp: admin socket %s: %w", cfg.Admin.Socket, err)
-	}
-	if mustExist && cfg.Keys.Store == "file" {
-		// Check before opening: opening creates the directory.
-		path := filepath.Join(cfg.StateDir, "keys", keys.FileStoreName)
-		if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("tsidp: no key set at %s and no daemon on %s: check --state-dir (the daemon creates the key set on first start)", path, cfg.Admin.Socket)
-		}
-	}
-	st, err := daemon.OpenStore(c.Context, cfg)
+	sc, err := cfg.KeyStore()
 	if err != nil {
 		return nil, err
 	}
-	if mustExist && cfg.Keys.Store != "file" {
-		set, err := st.Load(c.Context)
-		if err != nil {
-			st.Close()
-			return nil, err
+	return admin.OpenKeys(c.Context, cfg.Admin.Socket, kp, func(ctx context.Context) (keys.Store, error) {
+		st, err := sc.Open(ctx, keys.OpenOptions{MustExist: mustExist})
+		if errors.Is(err, keys.ErrNoKeySet) {
+			return nil, fmt.Errorf("tsidp: %w, and no daemon answers on %s: check --state-dir, or --store and the keys.etcd settings (the daemon creates the key set on its first start)", err, cfg.Admin.Socket)
 		}
-		if len(set.Keys) == 0 {
-			st.Close()
-			return nil, fmt.Errorf("tsidp: no key set in %s under prefix %q: check --store and keys.etcd.prefix (a replica creates the key set on first start)", cfg.Keys.Store, cfg.Keys.Etcd.Prefix)
-		}
-	}
-	return &storeKeyOps{st: st, p: kp}, nil
+		return st, err
+	})
 }
 
 // changeKeys runs change on the keys (through the daemon or the store) and
 // prints how the active keys changed. change may print lines of its own
 // first; it returns nil keys when it changed nothing.
-func changeKeys(c *cli.Context, mustExist bool, change func(ops keyOps, before []keys.KeyInfo) ([]keys.KeyInfo, error)) error {
-	ops, err := openKeyOps(c, mustExist)
+func changeKeys(c *cli.Context, mustExist bool, change func(k *admin.Keys, before []keys.KeyInfo) ([]keys.KeyInfo, error)) error {
+	return withKeys(c, mustExist, func(k *admin.Keys) error {
+		before, _, err := k.List(c.Context)
+		if err != nil {
+			return err
+		}
+		after, err := change(k, before)
+		if err != nil || after == nil {
+			return err
+		}
+		for _, line := range activeChanges(before, after) {
+			fmt.Fprintln(c.App.Writer, line)
+		}
+		return nil
+	})
+}
+
+// withKeys runs fn on the keys openKeys opens, and closes them.
+func withKeys(c *cli.Context, mustExist bool, fn func(k *admin.Keys) error) error {
+	k, err := openKeys(c, mustExist)
 	if err != nil {
 		return err
 	}
-	defer ops.Close()
-	before, _, err := ops.List(c.Context)
-	if err != nil {
-		return err
-	}
-	after, err := change(ops, before)
-	if err != nil || after == nil {
-		return err
-	}
-	for _, line := range activeChanges(before, after) {
-		fmt.Fprintln(c.App.Writer, line)
-	}
-	return nil
+	defer k.Close()
+	return fn(k)
 }
 
 // noArgs refuses positional arguments, most often flags written after one
@@ -279,146 +262,51 @@ func noArgs(c *cli.Context) error {
 	return nil
 }
 
-// oneArg requires exactly one positional argument, named what, and applies
-// any flags written after it.
-func oneArg(c *cli.Context, what string) error {
-	if c.NArg() == 0 {
-		return fmt.Errorf("tsidp: %s needs one %s", strings.TrimPrefix(commandPath(c), "tsidp "), what)
+// oneArg returns the one positional argument, named what, and applies the
+// flags written around it. For a command with SkipFlagParsing (keys revoke,
+// whose KID may start with "-") every flag is parsed here, and a word that
+// argLike accepts is the argument even if it starts with "-"; for others
+// urfave/cli parsed the flags before the argument. With --help it shows
+// the command's help and returns "".
+func oneArg(c *cli.Context, what string, argLike func(string) bool) (string, error) {
+	args := c.Args().Slice()
+	var words []string
+	if !c.Command.SkipFlagParsing && len(args) > 0 {
+		words, args = args[:1], args[1:]
 	}
-	if err := parseTrailingFlags(c); err != nil {
-		return fmt.Errorf("tsidp: %s: %w", strings.TrimPrefix(commandPath(c), "tsidp "), err)
-	}
-	return nil
-}
-
-type daemonKeyOps struct{ c *admin.Client }
-
-func (o *daemonKeyOps) List(ctx context.Context) ([]keys.KeyInfo, *keys.Status, error) {
-	st, err := o.c.Status(ctx)
+	more, err := splitArgs(c, args, argLike)
 	if err != nil {
-		return nil, nil, err
+		return "", usageError(c, err, true)
 	}
-	kr, err := o.c.Keys(ctx)
-	if err != nil {
-		return nil, nil, err
+	if c.Bool("help") {
+		return "", cli.ShowCommandHelp(c.Lineage()[1], c.Command.Name)
 	}
-	return kr.Keys, &st.Keys, nil
-}
-
-// Init with a daemon running has nothing to do: the daemon made its keys.
-func (o *daemonKeyOps) Init(ctx context.Context) ([]keys.KeyInfo, error) {
-	kr, err := o.c.Keys(ctx)
-	if err != nil {
-		return nil, err
+	words = append(words, more...)
+	switch cmd := strings.TrimPrefix(commandPath(c), "tsidp "); {
+	case len(words) == 0:
+		return "", fmt.Errorf("tsidp: %s needs one %s", cmd, what)
+	case len(words) > 1:
+		return "", fmt.Errorf("tsidp: %s: want exactly one argument, got also %q", cmd, words[1])
 	}
-	return kr.Keys, nil
+	return words[0], nil
 }
 
-func (o *daemonKeyOps) Rotate(ctx context.Context, algs []keys.Algorithm, force bool) ([]keys.KeyInfo, error) {
-	kr, err := o.c.Rotate(ctx, admin.RotateRequest{Algorithms: algs, Force: force})
-	if err != nil {
-		return nil, err
+// revokedLine says what revoking kid did. Through the daemon, the key left
+// its JWKS. On the store directly (no daemon answered on the admin socket)
+// only the store changed: a tsidp serving from it, unreachable over the
+// socket, keeps publishing and signing with the key until it next reads the
+// store.
+func revokedLine(kid string, already, offline bool) string {
+	switch {
+	case already && !offline:
+		return kid + " was already revoked: it is not in the JWKS"
+	case already:
+		return kid + " was already revoked in the key store"
+	case !offline:
+		return "revoked " + kid + ": it is no longer in the JWKS"
 	}
-	return kr.Keys, nil
+	return "revoked " + kid + " in the key store (no tsidp answered on the admin socket): a tsidp running on this store drops it from its JWKS when it next reads the store, within about a second with the file store and at once with etcd"
 }
-
-func (o *daemonKeyOps) Revoke(ctx context.Context, kid string) ([]keys.KeyInfo, error) {
-	kr, err := o.c.Revoke(ctx, kid)
-	if err != nil {
-		return nil, err
-	}
-	return kr.Keys, nil
-}
-
-func (o *daemonKeyOps) Import(ctx context.Context, data []byte, alg keys.Algorithm, activate bool) (keys.KeyInfo, error) {
-	return o.c.Import(ctx, admin.ImportRequest{Key: string(data), Algorithm: alg, Activate: activate})
-}
-
-func (o *daemonKeyOps) JWKS(ctx context.Context) ([]byte, error) { return o.c.JWKS(ctx) }
-func (o *daemonKeyOps) Close() error                             { return nil }
-
-// storeKeyOps works on the store directly; every change is a
-// compare-and-swap under the store's lock, so it cannot lose a concurrent
-// writer's update.
-type storeKeyOps struct {
-	st keys.Store
-	p  keys.Policy
-}
-
-func (o *storeKeyOps) List(ctx context.Context) ([]keys.KeyInfo, *keys.Status, error) {
-	set, err := o.st.Load(ctx)
-	if err != nil {
-		return nil, nil, err
-	}
-	if len(set.Keys) == 0 {
-		return nil, nil, nil
-	}
-	st := keys.StatusOf(set, o.p, time.Now())
-	return set.List(o.p), &st, nil
-}
-
-func (o *storeKeyOps) update(ctx context.Context, fn func(*keys.Set, time.Time) error) ([]keys.KeyInfo, error) {
-	set, err := keys.Update(ctx, o.st, func(s *keys.Set) error {
-		now := time.Now()
-		// The daemon would add keys the configuration asks for and the
-		// set lacks (a new algorithm) on start; so does every change
-		// here. (Only init and import get here with an empty store.)
-		if err := s.Ensure(now, o.p); err != nil {
-			return err
-		}
-		return fn(s, now)
-	})
-	if err != nil {
-		return nil, err
-	}
-	return set.List(o.p), nil
-}
-
-func (o *storeKeyOps) Init(ctx context.Context) ([]keys.KeyInfo, error) {
-	return o.update(ctx, func(*keys.Set, time.Time) error { return nil })
-}
-
-func (o *storeKeyOps) Rotate(ctx context.Context, algs []keys.Algorithm, force bool) ([]keys.KeyInfo, error) {
-	if len(algs) == 0 {
-		algs = o.p.Algorithms
-	}
-	return o.update(ctx, func(s *keys.Set, now time.Time) error {
-		for _, a := range algs {
-			if err := s.Rotate(now, o.p, a, force); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-}
-
-func (o *storeKeyOps) Revoke(ctx context.Context, kid string) ([]keys.KeyInfo, error) {
-	return o.update(ctx, func(s *keys.Set, now time.Time) error { return s.Revoke(now, o.p, kid) })
-}
-
-func (o *storeKeyOps) Import(ctx context.Context, data []byte, alg keys.Algorithm, activate bool) (keys.KeyInfo, error) {
-	var ki keys.KeyInfo
-	_, err := o.update(ctx, func(s *keys.Set, now time.Time) error {
-		k, err := s.ImportPrivateKey(now, o.p, data, alg, activate)
-		if err != nil {
-			return err
-		}
-		ki = k.Info(o.p)
-		return nil
-	})
-	return ki, err
-}
-
-func (o *storeKeyOps) JWKS(ctx context.Context) ([]byte, error) {
-	set, err := o.st.Load(ctx)
-	if err != nil {
-		return nil, err
-	}
-	body, _ := keys.RenderJWKS(set)
-	return body, nil
-}
-
-func (o *storeKeyOps) Close() error { return o.st.Close() }
 
 func printKeys(w io.Writer, infos []keys.KeyInfo) {
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)

@@ -154,37 +154,67 @@ func oneLine(err error) string {
 }
 
 // parseTrailingFlags applies flags given after the one positional argument
-// ("keys revoke KID --state-dir X"), where urfave/cli stops parsing.
+// ("plugins check PATH --timeout 5s"), where urfave/cli stops parsing.
 func parseTrailingFlags(c *cli.Context) error {
-	rest := c.Args().Tail()
-	for i := 0; i < len(rest); i++ {
-		arg := rest[i]
-		if !strings.HasPrefix(arg, "-") || arg == "-" {
-			return fmt.Errorf("want exactly one argument, got also %q", arg)
-		}
-		name, value, ok := strings.Cut(strings.TrimLeft(arg, "-"), "=")
-		if !ok {
-			if isBoolFlag(c.Command, name) {
-				value = "true"
-			} else if i+1 == len(rest) {
-				return fmt.Errorf("flag %s needs a value", arg)
-			} else {
-				i++
-				value = rest[i]
-			}
-		}
-		if err := c.Set(name, value); err != nil {
-			return fmt.Errorf("flag %s: %w", arg, err)
-		}
+	more, err := splitArgs(c, c.Args().Tail(), nil)
+	if err != nil {
+		return err
+	}
+	if len(more) > 0 {
+		return fmt.Errorf("want exactly one argument, got also %q", more[0])
 	}
 	return nil
 }
 
-func isBoolFlag(cmd *cli.Command, name string) bool {
-	for _, f := range cmd.Flags {
-		if bf, ok := f.(*cli.BoolFlag); ok && slices.Contains(bf.Names(), name) {
-			return true
+// splitArgs applies the flags among args and returns the other words, in
+// order: urfave/cli parses no flag after the first argument, and none at
+// all for a command with SkipFlagParsing. "--" ends the flags; "-" is a
+// word. A word that starts with "-" and names no flag of the command is an
+// error unless argLike (which may be nil) accepts it as an argument.
+func splitArgs(c *cli.Context, args []string, argLike func(string) bool) ([]string, error) {
+	var words []string
+	for i := 0; i < len(args); i++ {
+		arg := args[i]
+		if arg == "--" {
+			return append(words, args[i+1:]...), nil
+		}
+		if !strings.HasPrefix(arg, "-") || arg == "-" {
+			words = append(words, arg)
+			continue
+		}
+		name, value, hasValue := strings.Cut(strings.TrimLeft(arg, "-"), "=")
+		f := lookupFlag(c.Command, name)
+		if f == nil {
+			if argLike != nil && argLike(arg) {
+				words = append(words, arg)
+				continue
+			}
+			return nil, fmt.Errorf("flag provided but not defined: -%s", name)
+		}
+		if !hasValue {
+			if _, isBool := f.(*cli.BoolFlag); isBool {
+				value = "true"
+			} else if i+1 == len(args) {
+				return nil, fmt.Errorf("flag %s needs a value", arg)
+			} else {
+				i++
+				value = args[i]
+			}
+		}
+		if err := c.Set(name, value); err != nil {
+			return nil, fmt.Errorf("flag %s: %w", arg, err)
 		}
 	}
-	return false
+	return words, nil
+}
+
+// lookupFlag returns cmd's flag called name (or one of its aliases), or
+// nil.
+func lookupFlag(cmd *cli.Command, name string) cli.Flag {
+	for _, f := range cmd.Flags {
+		if slices.Contains(f.Names(), name) {
+			return f
+		}
+	}
+	return nil
 }

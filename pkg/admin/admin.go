@@ -2,8 +2,12 @@
 // (default <state-dir>/admin.sock) that the CLI uses to list, rotate and
 // revoke keys in a running daemon, and to read its status.
 //
-// Access control is the socket itself: the file is 0600 in a 0700 directory,
-// and every connection's peer credentials are checked (owner or root only).
+// Access control is the socket itself: the file is 0600 in a 0700 directory
+// that only the daemon's user can write to (see CheckDir), and every
+// connection's peer credentials are checked (owner or root only). The client
+// checks the server the same way: it talks only to a process running as its
+// own user or root, so a listener someone else put at the socket's path is
+// never sent a request, let alone a private key.
 package admin
 
 import (
@@ -16,6 +20,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -23,18 +28,6 @@ import (
 
 	"github.com/tsidp/tsidp/pkg/keys"
 )
-
-// Keys is what the admin API needs from the key manager.
-type Keys interface {
-	List() []keys.KeyInfo
-	Rotate(ctx context.Context, algs []keys.Algorithm, force bool) error
-	Revoke(ctx context.Context, kid string) error
-	Import(ctx context.Context, pemOrJWK []byte, alg keys.Algorithm, activate bool) (keys.KeyInfo, error)
-	JWKS() (body []byte, etag string)
-	Status(now time.Time) keys.Status
-}
-
-var _ Keys = (*keys.Manager)(nil)
 
 // Status is the daemon's state as GET /v1/status reports it.
 type Status struct {
@@ -49,7 +42,8 @@ type Status struct {
 
 // Config wires the admin handler.
 type Config struct {
-	Keys    Keys
+	// Keys administers the daemon's keys: its *keys.Manager.
+	Keys    keys.Administrator
 	Version string
 	Issuer  string
 	Backend string
@@ -62,9 +56,11 @@ type Config struct {
 	Logf        func(string, ...any)
 }
 
-// KeysResponse is the answer of the key endpoints.
+// KeysResponse is the answer of the key endpoints: the keys after the
+// change, and for GET /v1/keys the status of the set.
 type KeysResponse struct {
-	Keys []keys.KeyInfo `json:"keys"`
+	Keys   []keys.KeyInfo `json:"keys"`
+	Status *keys.Status   `json:"status,omitempty"`
 }
 
 // RotateRequest asks for a rotation.
@@ -86,81 +82,133 @@ type RevokeRequest struct {
 	KID string `json:"kid"`
 }
 
-// Handler returns the admin API's HTTP handler.
+// Handler returns the admin API's HTTP handler: one route per
+// keys.Administrator operation, and the daemon's status.
 func Handler(cfg Config) http.Handler {
 	if cfg.Logf == nil {
 		cfg.Logf = func(string, ...any) {}
 	}
+	a := &api{cfg}
 	r := chi.NewRouter()
-	r.Get("/v1/status", func(w http.ResponseWriter, r *http.Request) {
-		ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
-		defer cancel()
-		st := Status{Version: cfg.Version, Issuer: cfg.Issuer, Backend: cfg.Backend, Identity: "ready",
-			Keys: cfg.Keys.Status(time.Now())}
-		if cfg.IdentityReady != nil {
-			if err := cfg.IdentityReady(ctx); err != nil {
-				st.Identity = err.Error()
-			}
-		}
-		if cfg.StoreHealth != nil {
-			st.Store = "ok"
-			if err := cfg.StoreHealth(ctx); err != nil {
-				st.Store = err.Error()
-			}
-		}
-		if cfg.Plugins != nil {
-			if p := cfg.Plugins(); p != nil {
-				st.Plugins, _ = json.Marshal(p)
-			}
-		}
-		writeJSON(w, http.StatusOK, st)
-	})
-	r.Get("/v1/keys", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, KeysResponse{Keys: cfg.Keys.List()})
-	})
-	r.Post("/v1/keys/rotate", func(w http.ResponseWriter, r *http.Request) {
-		var req RotateRequest
-		if !readJSON(w, r, &req) {
-			return
-		}
-		if err := cfg.Keys.Rotate(r.Context(), req.Algorithms, req.Force); err != nil {
-			writeErr(w, http.StatusConflict, err)
-			return
-		}
-		cfg.Logf("admin: keys rotated (algorithms %v, force %v)", req.Algorithms, req.Force)
-		writeJSON(w, http.StatusOK, KeysResponse{Keys: cfg.Keys.List()})
-	})
-	r.Post("/v1/keys/revoke", func(w http.ResponseWriter, r *http.Request) {
-		var req RevokeRequest
-		if !readJSON(w, r, &req) {
-			return
-		}
-		if err := cfg.Keys.Revoke(r.Context(), req.KID); err != nil {
-			writeErr(w, http.StatusConflict, err)
-			return
-		}
-		cfg.Logf("admin: key %s revoked", req.KID)
-		writeJSON(w, http.StatusOK, KeysResponse{Keys: cfg.Keys.List()})
-	})
-	r.Post("/v1/keys/import", func(w http.ResponseWriter, r *http.Request) {
-		var req ImportRequest
-		if !readJSON(w, r, &req) {
-			return
-		}
-		ki, err := cfg.Keys.Import(r.Context(), []byte(req.Key), req.Algorithm, req.Activate)
-		if err != nil {
-			writeErr(w, http.StatusConflict, err)
-			return
-		}
-		cfg.Logf("admin: imported %s key %s as %s", ki.Algorithm, ki.ID, ki.State)
-		writeJSON(w, http.StatusOK, ki)
-	})
-	r.Get("/v1/jwks", func(w http.ResponseWriter, r *http.Request) {
-		body, _ := cfg.Keys.JWKS()
-		w.Header().Set("Content-Type", "application/json")
-		w.Write(body)
-	})
+	r.Get("/v1/status", a.status)
+	r.Get("/v1/keys", a.list)
+	r.Post("/v1/keys/init", a.init)
+	r.Post("/v1/keys/rotate", a.rotate)
+	r.Post("/v1/keys/revoke", a.revoke)
+	r.Post("/v1/keys/import", a.importKey)
+	r.Get("/v1/jwks", a.jwks)
 	return r
+}
+
+// api serves the admin routes.
+type api struct{ cfg Config }
+
+// status answers GET /v1/status: version, issuer, and the health of the
+// identity backend, the keys, the plugins and the key store.
+func (a *api) status(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
+	defer cancel()
+	_, ks, err := a.cfg.Keys.List(ctx)
+	if err != nil {
+		writeErr(w, http.StatusInternalServerError, err)
+		return
+	}
+	st := Status{Version: a.cfg.Version, Issuer: a.cfg.Issuer, Backend: a.cfg.Backend, Identity: "ready", Keys: ks}
+	if a.cfg.IdentityReady != nil {
+		if err := a.cfg.IdentityReady(ctx); err != nil {
+			st.Identity = err.Error()
+		}
+	}
+	if a.cfg.StoreHealth != nil {
+		st.Store = "ok"
+		if err := a.cfg.StoreHealth(ctx); err != nil {
+			st.Store = err.Error()
+		}
+	}
+	if a.cfg.Plugins != nil {
+		if p := a.cfg.Plugins(); p != nil {
+			st.Plugins, _ = json.Marshal(p)
+		}
+	}
+	writeJSON(w, http.StatusOK, st)
+}
+
+// list answers GET /v1/keys: every key, and the status of the set.
+func (a *api) list(w http.ResponseWriter, r *http.Request) {
+	infos, st, err := a.cfg.Keys.List(r.Context())
+	if err != nil {
+		writeErr(w, http.StatusInternalServerError, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, KeysResponse{Keys: infos, Status: &st})
+}
+
+// init answers POST /v1/keys/init (an empty JSON object).
+func (a *api) init(w http.ResponseWriter, r *http.Request) {
+	var req struct{}
+	if !readJSON(w, r, &req) {
+		return
+	}
+	a.changed(w, "keys initialized", func() ([]keys.KeyInfo, error) { return a.cfg.Keys.Init(r.Context()) })
+}
+
+// rotate answers POST /v1/keys/rotate (RotateRequest).
+func (a *api) rotate(w http.ResponseWriter, r *http.Request) {
+	var req RotateRequest
+	if !readJSON(w, r, &req) {
+		return
+	}
+	a.changed(w, fmt.Sprintf("keys rotated (algorithms %v, force %v)", req.Algorithms, req.Force), func() ([]keys.KeyInfo, error) {
+		return a.cfg.Keys.Rotate(r.Context(), req.Algorithms, req.Force)
+	})
+}
+
+// revoke answers POST /v1/keys/revoke (RevokeRequest).
+func (a *api) revoke(w http.ResponseWriter, r *http.Request) {
+	var req RevokeRequest
+	if !readJSON(w, r, &req) {
+		return
+	}
+	a.changed(w, "key "+req.KID+" revoked", func() ([]keys.KeyInfo, error) { return a.cfg.Keys.Revoke(r.Context(), req.KID) })
+}
+
+// changed runs a change, logs what (never key material) once it
+// succeeded, and answers with the keys after it.
+func (a *api) changed(w http.ResponseWriter, what string, change func() ([]keys.KeyInfo, error)) {
+	infos, err := change()
+	if err != nil {
+		writeErr(w, http.StatusConflict, err)
+		return
+	}
+	a.cfg.Logf("admin: %s", what)
+	writeJSON(w, http.StatusOK, KeysResponse{Keys: infos})
+}
+
+// importKey answers POST /v1/keys/import (ImportRequest) with the imported
+// key's listing entry.
+func (a *api) importKey(w http.ResponseWriter, r *http.Request) {
+	var req ImportRequest
+	if !readJSON(w, r, &req) {
+		return
+	}
+	ki, err := a.cfg.Keys.Import(r.Context(), []byte(req.Key), req.Algorithm, req.Activate)
+	if err != nil {
+		writeErr(w, http.StatusConflict, err)
+		return
+	}
+	a.cfg.Logf("admin: imported %s key %s as %s", ki.Algorithm, ki.ID, ki.State)
+	writeJSON(w, http.StatusOK, ki)
+}
+
+// jwks answers GET /v1/jwks with the public JWKS.
+func (a *api) jwks(w http.ResponseWriter, r *http.Request) {
+	body, err := a.cfg.Keys.ExportJWKS(r.Context())
+	if err != nil {
+		writeErr(w, http.StatusInternalServerError, err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Write(body)
 }
 
 func readJSON(w http.ResponseWriter, r *http.Request, v any) bool {
@@ -189,7 +237,31 @@ func writeErr(w http.ResponseWriter, status int, err error) {
 	writeJSON(w, status, errorBody{Error: err.Error()})
 }
 
-// Listen opens the admin socket at path: mode 0600, parent directory 0700.
+// CheckDir refuses a directory (what names it in the error) that group or
+// others can write to, or that another user owns: either could replace the
+// admin socket in it, or anything else tsidp keeps there, with their own.
+// The error is one line that names the fix.
+func CheckDir(what, dir string) error {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("admin: %s: %w", what, err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("admin: %s %s is not a directory", what, dir)
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		if me := os.Geteuid(); int(st.Uid) != me {
+			return fmt.Errorf("admin: %s %s is owned by uid %d, but tsidp runs as uid %d: its owner could replace the admin socket and what else tsidp keeps there; fix: chown %d %s", what, dir, st.Uid, me, me, dir)
+		}
+	}
+	if perm := fi.Mode().Perm(); perm&0o022 != 0 {
+		return fmt.Errorf("admin: %s %s has mode %04o: group or others can write to it and could replace the admin socket and what else tsidp keeps there; fix: chmod go-w %s", what, dir, perm, dir)
+	}
+	return nil
+}
+
+// Listen opens the admin socket at path: mode 0600, parent directory 0700
+// (an existing parent must pass CheckDir).
 // It first takes an exclusive lock on path+".lock", held until the listener
 // is closed: a second daemon on the same state directory fails here, even if
 // the first one's socket is momentarily missing or too busy to answer, and a
@@ -199,6 +271,9 @@ func writeErr(w http.ResponseWriter, status int, err error) {
 func Listen(path string) (net.Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("admin: %w", err)
+	}
+	if err := CheckDir("admin socket directory", filepath.Dir(path)); err != nil {
+		return nil, err
 	}
 	lock, err := os.OpenFile(path+".lock", os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
@@ -256,9 +331,6 @@ func (l *peerCheckListener) Close() error {
 	return l.closeErr
 }
 
-// ErrPeerNotAllowed is the reason a connection was refused.
-var ErrPeerNotAllowed = errors.New("admin: peer user is not allowed")
-
 func (l *peerCheckListener) Accept() (net.Conn, error) {
 	for {
 		c, err := l.UnixListener.AcceptUnix()
@@ -273,7 +345,7 @@ func (l *peerCheckListener) Accept() (net.Conn, error) {
 	}
 }
 
-// PeerUID returns the uid of the process on the other end of c.
+// peerUID returns the uid of the process on the other end of c.
 func peerUID(c *net.UnixConn) (int, error) {
 	raw, err := c.SyscallConn()
 	if err != nil {

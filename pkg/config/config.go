@@ -26,6 +26,8 @@ import (
 	"github.com/tsidp/tsidp/pkg/identity"
 	"github.com/tsidp/tsidp/pkg/issue"
 	"github.com/tsidp/tsidp/pkg/keys"
+	"github.com/tsidp/tsidp/pkg/keys/etcdstore"
+	"github.com/tsidp/tsidp/pkg/keys/filestore"
 )
 
 // Config is the whole configuration file.
@@ -143,7 +145,7 @@ const (
 	DefaultElectionTTL     = 10 * time.Second
 	// MinElectionTTL: the election lease is a second shorter, and etcd
 	// raises shorter lease TTLs to its own minimum (2s with etcd's
-	// defaults); see etcdstore.ElectorConfig.
+	// defaults); see etcdstore.Config.ElectionTTL.
 	MinElectionTTL = 3 * time.Second
 	MaxElectionTTL = 5 * time.Minute
 )
@@ -430,6 +432,29 @@ func (c *Config) ValidateStore() error {
 		return fmt.Errorf("config: keys.etcd.election_ttl %v: etcd leases have whole seconds", e.ElectionTTL)
 	}
 	return nil
+}
+
+// KeyStore returns the configuration of the key store keys.store names,
+// which opens the store itself: the file store under <state_dir>/keys, or
+// etcd with the keys.etcd settings. This is the one place that knows which
+// backend a keys.store value means. Call it after Provision.
+func (c *Config) KeyStore() (keys.StoreConfig, error) {
+	if err := c.ValidateStore(); err != nil {
+		return nil, err
+	}
+	if c.Keys.Store == "file" {
+		return filestore.Config{Dir: filepath.Join(c.StateDir, "keys")}, nil
+	}
+	eps, _ := c.EtcdEndpoints() // ValidateStore checked them
+	e := c.Keys.Etcd
+	return etcdstore.Settings{
+		Endpoints:   eps,
+		Prefix:      e.Prefix,
+		KEKFile:     e.KEKFile,
+		TLS:         etcdstore.TLSFiles{CAFile: e.CAFile, CertFile: e.CertFile, KeyFile: e.KeyFile},
+		DialTimeout: e.DialTimeout,
+		ElectionTTL: e.ElectionTTL,
+	}, nil
 }
 
 // EtcdEndpoints returns the host:port endpoints of an etcd://… store.

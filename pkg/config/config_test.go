@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"strings"
 	"testing"
@@ -11,6 +12,8 @@ import (
 
 	"github.com/tsidp/tsidp/pkg/audience"
 	"github.com/tsidp/tsidp/pkg/keys"
+	"github.com/tsidp/tsidp/pkg/keys/etcdstore"
+	"github.com/tsidp/tsidp/pkg/keys/filestore"
 )
 
 // docBlocks returns the ```yaml blocks of a doc file.
@@ -246,5 +249,45 @@ func TestProvisionMakesPathsAbsolute(t *testing.T) {
 	}
 	if after := fmt.Sprintf("%#v", *c); after != before {
 		t.Errorf("Validate changed the config:\nbefore %s\nafter  %s", before, after)
+	}
+}
+
+// TestKeyStore: keys.store chooses the backend in this one place, and the
+// store configuration carries every setting its backend opens with.
+func TestKeyStore(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		yaml string
+		want keys.StoreConfig
+		err  string
+	}{
+		{"default", "state_dir: /srv/tsidp\n", filestore.Config{Dir: "/srv/tsidp/keys"}, ""},
+		{"file", "state_dir: /srv/tsidp\nkeys:\n  store: file\n", filestore.Config{Dir: "/srv/tsidp/keys"}, ""},
+		{"etcd", "keys:\n  store: etcd://10.0.0.1:2379,10.0.0.2:2379\n  etcd:\n    prefix: /idp/\n    kek_file: /etc/tsidp/kek\n    ca_file: /ca.pem\n    cert_file: /c.pem\n    key_file: /k.pem\n    dial_timeout: 3s\n    election_ttl: 4s\n",
+			etcdstore.Settings{
+				Endpoints: []string{"10.0.0.1:2379", "10.0.0.2:2379"}, Prefix: "/idp/", KEKFile: "/etc/tsidp/kek",
+				TLS:         etcdstore.TLSFiles{CAFile: "/ca.pem", CertFile: "/c.pem", KeyFile: "/k.pem"},
+				DialTimeout: 3 * time.Second, ElectionTTL: 4 * time.Second,
+			}, ""},
+		{"etcd without a KEK", "keys:\n  store: etcd://10.0.0.1:2379\n", nil, "kek_file (--kek-file) is required"},
+		{"unknown store", "keys:\n  store: s3://bucket\n", nil, `keys.store "s3://bucket": must be "file" or`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var c Config
+			if err := Parse([]byte(tc.yaml), &c); err != nil {
+				t.Fatal(err)
+			}
+			c.Provision()
+			got, err := c.KeyStore()
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Errorf("KeyStore() = %#v, %v; want an error containing %q", got, err, tc.err)
+				}
+				return
+			}
+			if err != nil || !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("KeyStore() = %#v, %v; want %#v", got, err, tc.want)
+			}
+		})
 	}
 }

@@ -85,6 +85,9 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("daemon: state dir: %w", err)
 	}
+	if err := admin.CheckDir("state dir", cfg.StateDir); err != nil {
+		return nil, fmt.Errorf("tsidp: %w", err)
+	}
 	kp, err := cfg.KeyPolicy()
 	if err != nil {
 		return nil, err
@@ -102,12 +105,12 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 	// Closing the store also resigns etcd leadership (etcdstore.Close).
 	d.closers = append(d.closers, func() { d.store.Close() })
 	// With etcd, only the elected leader rotates on schedule (store.go).
-	d.stores = newStoreState(cfg, d.store, logf)
+	d.stores = newStoreState(d.store, logf)
 	d.keys, err = keys.NewManager(ctx, d.store, kp, logf, d.stores.managerOptions()...)
 	if err != nil {
 		return nil, fmt.Errorf("daemon: keys: %w", err)
 	}
-	d.stores.start(runCtx, cfg, d.keys, d.goRun) // election and health probes
+	d.stores.start(runCtx, d.keys, d.goRun) // election and health probes
 	d.goRun(func() { d.keys.Run(runCtx) })
 
 	// Identity backend, and the listeners that go with it.
@@ -153,13 +156,9 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 	}
 	// The reasons are what /readyz shows; the errors are logged when a
 	// check's status changes, and the admin status reports them.
-	checks := []server.Check{
+	checks := append([]server.Check{
 		{Name: "keys", Check: d.keysReady, Reason: "no active signing key"},
-		// An unreachable store degrades but does not fail readiness: the
-		// keys in memory keep signing (docs/keys.md, "etcd unreachable").
-		{Name: "store", Check: d.stores.check, Degrades: true,
-			Reason: "key store unreachable, or holding a key set this replica will not use; signing with the keys in memory"},
-	}
+	}, d.stores.readyChecks()...)
 	if len(cfg.Plugins) > 0 {
 		d.plugins, err = plugin.New(cfg.Plugins, plugin.Options{Logf: logf, Builtins: opts.Builtins})
 		if err != nil {

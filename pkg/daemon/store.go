@@ -2,10 +2,10 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"expvar"
 	"fmt"
 	"os"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -14,45 +14,18 @@ import (
 
 	"github.com/tsidp/tsidp/pkg/config"
 	"github.com/tsidp/tsidp/pkg/keys"
-	"github.com/tsidp/tsidp/pkg/keys/etcdstore"
+	"github.com/tsidp/tsidp/pkg/server"
 )
 
-// OpenStore opens the key store the configuration names: the file store
-// under <state_dir>/keys, or etcd (sealed with the configured KEK). It
-// fails within keys.etcd.dial_timeout if etcd does not answer.
-func OpenStore(ctx context.Context, cfg *config.Config) (keys.Store, error) {
-	return openStore(ctx, cfg, nil)
-}
-
+// openStore opens the key store the configuration names (see
+// config.KeyStore). With etcd it fails within keys.etcd.dial_timeout if etcd
+// does not answer.
 func openStore(ctx context.Context, cfg *config.Config, logf func(string, ...any)) (keys.Store, error) {
-	if cfg.Keys.Store == "file" {
-		st, err := keys.NewFileStore(filepath.Join(cfg.StateDir, "keys"))
-		if err != nil {
-			return nil, fmt.Errorf("tsidp: key store: %w", err)
-		}
-		return st, nil
-	}
-	if err := cfg.ValidateStore(); err != nil {
+	sc, err := cfg.KeyStore()
+	if err != nil {
 		return nil, fmt.Errorf("tsidp: %w", err)
 	}
-	eps, _ := cfg.EtcdEndpoints()
-	e := cfg.Keys.Etcd
-	sl, err := etcdstore.LoadKEK(e.KEKFile)
-	if err != nil {
-		return nil, fmt.Errorf("tsidp: key store: %w", err)
-	}
-	tc, err := etcdstore.TLSFiles{CAFile: e.CAFile, CertFile: e.CertFile, KeyFile: e.KeyFile}.Config()
-	if err != nil {
-		return nil, fmt.Errorf("tsidp: key store: %w", err)
-	}
-	st, err := etcdstore.Open(ctx, etcdstore.Config{
-		Endpoints:   eps,
-		Prefix:      e.Prefix,
-		TLS:         tc,
-		Sealer:      sl,
-		DialTimeout: e.DialTimeout,
-		Logf:        logf,
-	})
+	st, err := sc.Open(ctx, keys.OpenOptions{Logf: logf})
 	if err != nil {
 		return nil, fmt.Errorf("tsidp: key store: %w", err)
 	}
@@ -66,15 +39,17 @@ const (
 	storeHealthTimeout  = 2 * time.Second
 )
 
-// storeState runs what a key store needs beside the key Manager: leader
-// election for scheduled rotation (etcd), health probes, and the readiness
-// check and metrics that report them.
+// storeState runs what a key store needs beside the key Manager, as far
+// as the store can do it: leader election for scheduled rotation (a
+// keys.Elector), health probes (a keys.HealthChecker), and the readiness
+// checks and metrics that report them.
 type storeState struct {
-	kind    string // "file" or "etcd"
-	st      keys.Store
-	elector atomic.Pointer[etcdstore.Elector] // nil with the file store
-	keys    *keys.Manager
-	logf    func(string, ...any)
+	st       keys.Store
+	elector  keys.Elector       // nil: no election, this process rotates
+	health   keys.HealthChecker // nil: the store is always reachable
+	election atomic.Pointer[keys.Election]
+	keys     *keys.Manager
+	logf     func(string, ...any)
 
 	healthy    atomic.Bool
 	downSince  atomic.Int64 // unix nanoseconds of the first failed probe; 0 when healthy
@@ -84,60 +59,67 @@ type storeState struct {
 	stopHealth context.CancelFunc
 }
 
-func newStoreState(cfg *config.Config, st keys.Store, logf func(string, ...any)) *storeState {
-	s := &storeState{kind: "file", st: st, logf: logf}
-	if _, ok := st.(*etcdstore.Store); ok {
-		s.kind = "etcd"
-	}
+func newStoreState(st keys.Store, logf func(string, ...any)) *storeState {
+	s := &storeState{st: st, logf: logf}
+	s.elector, _ = st.(keys.Elector)
+	s.health, _ = st.(keys.HealthChecker)
 	s.healthy.Store(true)
 	return s
 }
 
-// managerOptions are the keys.Manager options for this store: with etcd,
-// only the elected leader runs scheduled rotation and pruning; with the
-// file store, the one daemon does.
+// managerOptions are the keys.Manager options for this store: with an
+// election, only the elected leader runs scheduled rotation and pruning;
+// without one, the one daemon does.
 func (s *storeState) managerOptions() []keys.ManagerOption {
-	if s.kind != "etcd" {
+	if s.elector == nil {
 		return nil
 	}
 	return []keys.ManagerOption{keys.WithShouldRotate(s.isLeader)}
 }
 
 func (s *storeState) isLeader() bool {
-	if s.kind != "etcd" {
+	if s.elector == nil {
 		return true
 	}
-	e := s.elector.Load()
-	return e != nil && e.IsLeader()
+	e := s.election.Load()
+	return e != nil && (*e).IsLeader()
 }
 
-// start begins leader election (etcd) and health probing, once the key
-// Manager exists. Both stop when ctx is done; the elector also stops (and
-// resigns) when the store is closed.
-func (s *storeState) start(ctx context.Context, cfg *config.Config, m *keys.Manager, run func(func())) {
-	s.keys = m
-	es, ok := s.st.(*etcdstore.Store)
-	if !ok {
-		return
+// terms counts the times this process gained leadership.
+func (s *storeState) terms() int64 {
+	if e := s.election.Load(); e != nil {
+		return (*e).Terms()
 	}
-	host, _ := os.Hostname()
-	s.elector.Store(es.Elect(etcdstore.ElectorConfig{
-		TTL:  cfg.Keys.Etcd.ElectionTTL,
-		ID:   fmt.Sprintf("%s pid %d", host, os.Getpid()),
-		Logf: s.logf,
-		OnChange: func(leader bool) {
-			if leader {
-				m.Poke() // rotation may be overdue: the old leader died
-			}
-		},
-	}))
-	run(func() { s.probe(ctx, es) })
+	return 0
+}
+
+// start begins leader election and health probing, where the store has
+// them, once the key Manager exists. Both stop when ctx is done; the
+// election also stops (and resigns) when the store is closed.
+func (s *storeState) start(ctx context.Context, m *keys.Manager, run func(func())) {
+	s.keys = m
+	if s.elector != nil {
+		host, _ := os.Hostname()
+		e := s.elector.Elect(keys.ElectionConfig{
+			ID:   fmt.Sprintf("%s pid %d", host, os.Getpid()),
+			Logf: s.logf,
+			OnChange: func(leader bool) {
+				if leader {
+					m.Poke() // rotation may be overdue: the old leader died
+				}
+			},
+		})
+		s.election.Store(&e)
+	}
+	if s.health != nil {
+		run(func() { s.probe(ctx) })
+	}
 }
 
 // probe checks the store's health every storeHealthInterval until ctx is
 // done, logs transitions, and reloads the key set when the store comes
 // back (the watch catches up too; this bounds the delay).
-func (s *storeState) probe(ctx context.Context, es *etcdstore.Store) {
+func (s *storeState) probe(ctx context.Context) {
 	t := time.NewTicker(storeHealthInterval)
 	defer t.Stop()
 	for {
@@ -147,7 +129,7 @@ func (s *storeState) probe(ctx context.Context, es *etcdstore.Store) {
 		case <-t.C:
 		}
 		pctx, cancel := context.WithTimeout(ctx, storeHealthTimeout)
-		err := es.Health(pctx)
+		err := s.health.Health(pctx)
 		cancel()
 		if ctx.Err() != nil {
 			return
@@ -203,6 +185,35 @@ func (s *storeState) check(context.Context) error {
 	return nil
 }
 
+// readyChecks are the key store's readiness checks. Both degrade but do
+// not fail readiness: the keys in memory keep signing (docs/keys.md, "etcd
+// unreachable").
+func (s *storeState) readyChecks() []server.Check {
+	return []server.Check{
+		{Name: "store", Check: s.check, Degrades: true,
+			Reason: "key store unreachable, or holding a key set this replica will not use; signing with the keys in memory"},
+		{Name: "rotation", Check: s.rotationCheck, Degrades: true,
+			Reason: "a scheduled key rotation is overdue; signing with the current keys"},
+	}
+}
+
+// rotationCheck is the "rotation" readiness check: an error while a
+// scheduled rotation is overdue (keys.Manager.RotationOverdue), such as
+// when writing the rotated key set fails.
+func (s *storeState) rotationCheck(context.Context) error {
+	return s.keys.RotationOverdue(time.Now())
+}
+
+// overdueSeconds is how long the overdue rotation has been due, 0 if none
+// is.
+func (s *storeState) overdueSeconds() int64 {
+	var oe *keys.OverdueError
+	if errors.As(s.keys.RotationOverdue(time.Now()), &oe) {
+		return int64(oe.Now.Sub(oe.Due).Seconds())
+	}
+	return 0
+}
+
 // Store metrics, published once per process under "tsidp_store" for the
 // most recently started daemon (one per process outside tests).
 var (
@@ -228,7 +239,8 @@ func publishStoreMetrics(s *storeState) {
 			}
 		}
 		m := new(metrics.Set)
-		// 1 while the store answers (always for the file store).
+		// 1 while the store answers (always for a store without health
+		// checks, such as the file store).
 		m.Set("gauge_healthy", get(func(s *storeState) int64 { return b2i(s.healthy.Load()) }))
 		// Seconds since the store stopped answering; 0 while it answers.
 		m.Set("gauge_unreachable_seconds", get(func(s *storeState) int64 {
@@ -239,14 +251,9 @@ func publishStoreMetrics(s *storeState) {
 		}))
 		m.Set("counter_health_failures", get(func(s *storeState) int64 { return s.failures.Load() }))
 		// 1 if this process runs scheduled rotation: the elected leader
-		// with etcd, always with the file store.
+		// with a store that elects one (etcd), else always.
 		m.Set("gauge_leader", get(func(s *storeState) int64 { return b2i(s.isLeader()) }))
-		m.Set("counter_leader_terms", get(func(s *storeState) int64 {
-			if e := s.elector.Load(); e != nil {
-				return e.Terms()
-			}
-			return 0
-		}))
+		m.Set("counter_leader_terms", get(func(s *storeState) int64 { return s.terms() }))
 		// The key set version this process signs with and publishes.
 		m.Set("gauge_key_set_version", get(func(s *storeState) int64 { return s.keys.Version() }))
 		// 1 while the store holds an older key set than the one in use.
@@ -254,6 +261,11 @@ func publishStoreMetrics(s *storeState) {
 		// 1 while the store holds a key set this process refuses to use
 		// (undecodable, not authenticated under the KEK, or incomplete).
 		m.Set("gauge_refused", get(func(s *storeState) int64 { return b2i(s.keys.Refusal() != nil) }))
+		// 1 while a scheduled key rotation is overdue: the last attempt
+		// failed, or the leader has not rotated (see the "rotation" check).
+		m.Set("gauge_rotation_overdue", get(func(s *storeState) int64 { return b2i(s.rotationCheck(context.Background()) != nil) }))
+		// Seconds since the overdue rotation was due; 0 when none is.
+		m.Set("gauge_rotation_overdue_seconds", get(func(s *storeState) int64 { return s.overdueSeconds() }))
 		expvarPublish("tsidp_store", m)
 	})
 }

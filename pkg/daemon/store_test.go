@@ -21,6 +21,7 @@ import (
 	"github.com/tsidp/tsidp/pkg/keys"
 	"github.com/tsidp/tsidp/pkg/keys/etcdstore"
 	"github.com/tsidp/tsidp/pkg/keys/etcdstore/etcdtest"
+	"github.com/tsidp/tsidp/pkg/keys/filestore"
 )
 
 func writeKEK(t *testing.T, dir string, mode os.FileMode) string {
@@ -68,7 +69,7 @@ func TestOpenStoreEtcdTLS(t *testing.T) {
 	ctx := testCtx(t)
 	cfg := etcdConfig(t, c, writeKEK(t, dir, 0o400))
 	cfg.Keys.Etcd.CAFile, cfg.Keys.Etcd.CertFile, cfg.Keys.Etcd.KeyFile = pki.CA, pki.ClientCert, pki.ClientKey
-	st, err := OpenStore(ctx, cfg)
+	st, err := openStore(ctx, cfg, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -94,7 +95,7 @@ func TestOpenStoreEtcdTLS(t *testing.T) {
 		cfg.Keys.Etcd.CAFile, cfg.Keys.Etcd.CertFile, cfg.Keys.Etcd.KeyFile = pki.CA, pki.ClientCert, pki.ClientKey
 		tc.edit(cfg)
 		start := time.Now()
-		st, err := OpenStore(ctx, cfg)
+		st, err := openStore(ctx, cfg, nil)
 		if tc.name == "wrong KEK" {
 			// Opening works; reading the sealed keys does not.
 			if err != nil {
@@ -135,9 +136,9 @@ func TestStoreStateEtcd(t *testing.T) {
 		fmt.Fprintf(&logs, format+"\n", args...)
 		t.Logf(format, args...)
 	}
-	ss := newStoreState(cfg, st, logf)
-	if ss.kind != "etcd" || ss.isLeader() {
-		t.Fatalf("kind %s, leader %v before start", ss.kind, ss.isLeader())
+	ss := newStoreState(st, logf)
+	if ss.elector == nil || ss.health == nil || ss.isLeader() {
+		t.Fatalf("elector %v, health checker %v, leader %v before start", ss.elector, ss.health, ss.isLeader())
 	}
 	p := keys.Policy{Algorithms: []keys.Algorithm{keys.ES256}}
 	p.Provision()
@@ -152,7 +153,7 @@ func TestStoreStateEtcd(t *testing.T) {
 		wg.Wait()
 	}()
 	goRun := func(f func()) { wg.Go(f) }
-	ss.start(runCtx, cfg, m, goRun)
+	ss.start(runCtx, m, goRun)
 	goRun(func() { m.Run(runCtx) })
 	publishStoreMetrics(ss)
 	metrics := func() string {
@@ -252,4 +253,19 @@ func TestStoreStateEtcd(t *testing.T) {
 
 func httpsClient(tc *tls.Config) *http.Client {
 	return &http.Client{Timeout: time.Second, Transport: &http.Transport{TLSClientConfig: tc}}
+}
+
+// TestStoreStateFile: a store without the Elector and HealthChecker
+// capabilities (the file store) has this process rotate on schedule and is
+// never reported unreachable.
+func TestStoreStateFile(t *testing.T) {
+	st, err := filestore.Open(filepath.Join(t.TempDir(), "keys"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ss := newStoreState(st, t.Logf)
+	if ss.elector != nil || ss.health != nil || ss.managerOptions() != nil || !ss.isLeader() {
+		t.Errorf("file store: elector %v, health %v, options %v, leader %v", ss.elector, ss.health, ss.managerOptions(), ss.isLeader())
+	}
 }

@@ -12,12 +12,7 @@ import (
 func BenchmarkSign(b *testing.B) {
 	for _, alg := range []Algorithm{ES256, EdDSA, RS256} {
 		b.Run(string(alg), func(b *testing.B) {
-			st, err := NewFileStore(b.TempDir() + "/keys")
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer st.Close()
-			m, err := NewManager(context.Background(), st, testPolicy(alg), nil)
+			m, err := NewManager(context.Background(), newMemStore(b), testPolicy(alg), nil)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -39,12 +34,7 @@ func BenchmarkSign(b *testing.B) {
 
 // BenchmarkJWKS is what serving /.well-known/jwks.json costs tsidp.
 func BenchmarkJWKS(b *testing.B) {
-	st, err := NewFileStore(b.TempDir() + "/keys")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer st.Close()
-	m, err := NewManager(context.Background(), st, testPolicy(), nil)
+	m, err := NewManager(context.Background(), newMemStore(b), testPolicy(), nil)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -20,11 +20,23 @@
 //
 // A [Store] holds one versioned [Set]. Writers use [Update], a
 // load-modify-compare-and-swap loop, so a daemon, the CLI and replicas can
-// all write without losing each other's changes. [FileStore] is the embedded
-// default and package etcdstore the replicated one; package keystest holds
-// the conformance suite every store must pass. A running [Manager] never
+// all write without losing each other's changes. Package filestore is the
+// embedded default and package etcdstore the replicated one; package
+// keystest holds the conformance suite every store must pass. What only
+// some stores can do is an optional capability ([Watcher], [Elector],
+// [HealthChecker]), and each store's configuration opens it
+// ([StoreConfig]), so that nothing outside package config needs to know
+// which store it uses. A running [Manager] never
 // adopts, nor writes over, a stored set older than its own (a store deleted
 // or restored from an old copy): see [RegressionError].
+//
+// # Administration
+//
+// [Administrator] is what operators do to a set (list, init, rotate,
+// revoke, import, export the JWKS), each operation defined once: a
+// [Manager] does it to the set of the running process, [Offline] to a
+// store no daemon serves, and package admin's client to a daemon over its
+// admin socket.
 //
 // # Signing
 //

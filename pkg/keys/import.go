@@ -172,11 +172,14 @@ func normalizePrivate(priv crypto.Signer) (crypto.Signer, error) {
 
 // Import adds priv as a key for alg. By default it becomes the next key,
 // published now and signing after the next rotation; a previous next key
-// is dropped (it never signed, so no token needs it). With activate, or
-// when alg has no active key, it signs at once and the active key is
-// retired; verifiers holding a cached JWKS will not know it until they
-// refresh, which is why that is opt-in. A key already in the set, or
-// revoked and still remembered, is refused.
+// is dropped (it never signed, so no token needs it). With activate it
+// signs at once and the active key is retired; verifiers holding a cached
+// JWKS will not know it until they refresh, which is why that is opt-in.
+// When alg has no active key, which is the case in a store that holds no
+// key set yet (migrating an issuer before tsidp's first start), it becomes
+// the active key with or without activate: Administrator.Import imports
+// first and then adds the other keys the policy asks for. A key already in
+// the set, or revoked and still remembered, is refused.
 func (s *Set) Import(now time.Time, p Policy, priv crypto.Signer, alg Algorithm, activate bool) (*Key, error) {
 	now = now.UTC()
 	if !p.enabled(alg) {

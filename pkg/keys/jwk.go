@@ -79,6 +79,21 @@ func appendMember(b []byte, name string, value []byte, enc bool) []byte {
 	return append(b, '"')
 }
 
+// IsKID reports whether s has the form of a kid: an RFC 7638 SHA-256
+// thumbprint in unpadded base64url, 43 characters. About one kid in 64
+// starts with "-".
+func IsKID(s string) bool {
+	if len(s) != b64.EncodedLen(sha256.Size) {
+		return false
+	}
+	for _, r := range s {
+		if !('a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' || '0' <= r && r <= '9' || r == '-' || r == '_') {
+			return false
+		}
+	}
+	return true
+}
+
 // thumbprint returns the RFC 7638 JWK thumbprint of pub: the base64url
 // SHA-256 of the required public members, in lexicographic order, with no
 // whitespace. It is the key's kid.

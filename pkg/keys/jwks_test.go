@@ -30,6 +30,30 @@ func TestThumbprintRFC7638(t *testing.T) {
 	}
 }
 
+// TestIsKID: every kid has the form IsKID accepts, one starting with "-"
+// included; flags and other words do not.
+func TestIsKID(t *testing.T) {
+	for _, k := range ensured(t, testPolicy()).Keys {
+		if !IsKID(k.ID) {
+			t.Errorf("IsKID(%q) = false for a %s key's kid", k.ID, k.Algorithm)
+		}
+	}
+	for s, want := range map[string]bool{
+		"NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs": true,
+		"-zbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs": true,
+		"--bLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs": true,
+		"--state-dir": false,
+		"-NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs": false, // 44 characters
+		"NzbLsXh8uDCcd+6MNwXF4W/7noWXFZAfHkxZsRGC9Xs":  false, // standard base64
+		"--config=/etc/tsidp/abcdefghijklmnopqrstuv":   false,
+		"": false,
+	} {
+		if got := IsKID(s); got != want {
+			t.Errorf("IsKID(%q) = %v, want %v", s, got, want)
+		}
+	}
+}
+
 // Our thumbprint must match go-jose's for every algorithm: verifiers
 // compute kids with libraries like it.
 func TestThumbprintMatchesGoJose(t *testing.T) {

@@ -1,6 +1,7 @@
 package keys
 
 import (
+	"context"
 	"crypto"
 	"crypto/rand"
 	"crypto/rsa"
@@ -47,6 +48,12 @@ func testRSAKey() *rsa.PrivateKey {
 		rsaPool.keys = append(rsaPool.keys, k)
 	}
 	return rsaPool.keys[i]
+}
+
+func testCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	t.Cleanup(cancel)
+	return ctx
 }
 
 // t0 is the start of every test's fake timeline.

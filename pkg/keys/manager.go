@@ -21,7 +21,7 @@ import (
 // Several Managers may share a Store (the daemon and the CLI, or
 // replicas): their writes go through Update, and Run picks up the others'
 // changes. A next key reaches every replica's JWKS within the store's
-// change-notification delay (about a second for FileStore), which the
+// change-notification delay (about a second for the file store), which the
 // publication lead's clock skew covers.
 type Manager struct {
 	st   Store
@@ -45,8 +45,13 @@ type Manager struct {
 	// authenticated, or lacking a key this process needs), nil once it
 	// adopts one.
 	refused atomic.Pointer[error]
+	// maintFailed is why scheduled maintenance (rotation, pruning) last
+	// failed, nil since any successful write (see RotationOverdue).
+	maintFailed atomic.Pointer[error]
 	// poke wakes Run for maintenance (see Poke).
 	poke chan struct{}
+	// adm implements the Administrator methods on the set in use.
+	adm administration
 }
 
 // RegressionError reports that the store holds a key set that is not a
@@ -109,6 +114,12 @@ func WithShouldRotate(f func() bool) ManagerOption {
 	return func(m *Manager) { m.shouldRotate = f }
 }
 
+// WithClock makes the Manager read the time from now instead of
+// time.Now: for tests and simulations that drive rotation by the clock.
+func WithClock(now func() time.Time) ManagerOption {
+	return func(m *Manager) { m.now = now }
+}
+
 // NewManager loads the key set from st, adds the keys p requires and
 // compiles it. Adding keys writes to st (through Update); tools that only
 // read, such as a key listing, should use Store.Load instead.
@@ -137,6 +148,12 @@ func NewManager(ctx context.Context, st Store, p Policy, logf func(format string
 	}
 	for _, o := range opts {
 		o(m)
+	}
+	m.adm = administration{
+		p:       m.p,
+		now:     func() time.Time { return m.now() },
+		current: func(context.Context) (*Set, error) { return m.cur.Load().set, nil },
+		update:  m.update,
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -186,72 +203,45 @@ func (m *Manager) JWKS() (body []byte, etag string) {
 	return c.jwks, c.etag
 }
 
-// List returns every key, revoked tombstones included.
-func (m *Manager) List() []KeyInfo { return m.cur.Load().set.List(m.p) }
+// List returns every key, revoked tombstones included, and the status of
+// the set in use.
+func (m *Manager) List(ctx context.Context) ([]KeyInfo, Status, error) { return m.adm.List(ctx) }
 
 // Version returns the store version of the key set m uses.
 func (m *Manager) Version() int64 { return m.cur.Load().set.Version }
+
+// Init adds the keys the policy asks for and the set lacks; NewManager
+// did, so there is nothing to add unless the store lost keys since.
+func (m *Manager) Init(ctx context.Context) ([]KeyInfo, error) { return m.adm.Init(ctx) }
 
 // Rotate rotates the given algorithms (all configured ones if algs is
 // empty) in one store update: all rotate or none does. Without force it
 // fails with a *TooEarlyError if a next key has not been published long
 // enough.
-func (m *Manager) Rotate(ctx context.Context, algs []Algorithm, force bool) error {
-	if len(algs) == 0 {
-		algs = m.p.Algorithms
-	}
-	for _, a := range algs {
-		if !m.p.enabled(a) {
-			return fmt.Errorf("keys: cannot rotate %s: it is not one of the configured algorithms %v", a, m.p.Algorithms)
-		}
-	}
-	_, err := m.update(ctx, func(s *Set, now time.Time) error {
-		if err := s.Ensure(now, m.p); err != nil {
-			return err
-		}
-		for _, a := range algs {
-			if err := s.Rotate(now, m.p, a, force); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	return err
+func (m *Manager) Rotate(ctx context.Context, algs []Algorithm, force bool) ([]KeyInfo, error) {
+	return m.adm.Rotate(ctx, algs, force)
 }
 
 // Revoke revokes the key with the given kid; see Set.Revoke.
-func (m *Manager) Revoke(ctx context.Context, kid string) error {
-	_, err := m.update(ctx, func(s *Set, now time.Time) error {
-		return s.Revoke(now, m.p, kid)
-	})
-	return err
+func (m *Manager) Revoke(ctx context.Context, kid string) ([]KeyInfo, error) {
+	return m.adm.Revoke(ctx, kid)
 }
 
-// Import adds a private key given as PEM or JWK; see Set.Import.
+// Import adds a private key given as PEM or JWK; see Administrator.Import.
 func (m *Manager) Import(ctx context.Context, pemOrJWK []byte, alg Algorithm, activate bool) (KeyInfo, error) {
-	priv, err := ParsePrivateKey(pemOrJWK, alg)
-	if err != nil {
-		return KeyInfo{}, err
-	}
-	var kid string
-	set, err := m.update(ctx, func(s *Set, now time.Time) error {
-		k, err := s.Import(now, m.p, priv, alg, activate)
-		if err != nil {
-			return err
-		}
-		kid = k.ID
-		return s.Ensure(now, m.p)
-	})
-	if err != nil {
-		return KeyInfo{}, err
-	}
-	return set.Key(kid).Info(m.p), nil
+	return m.adm.Import(ctx, pemOrJWK, alg, activate)
+}
+
+// ExportJWKS returns a copy of the JWKS document m serves.
+func (m *Manager) ExportJWKS(context.Context) ([]byte, error) {
+	body, _ := m.JWKS()
+	return slices.Clone(body), nil
 }
 
 // update applies fn through Update, installs the result and returns it.
 // It refuses to write over a store that went back to an older set (see
 // RegressionError).
-func (m *Manager) update(ctx context.Context, fn func(s *Set, now time.Time) error) (*Set, error) {
+func (m *Manager) update(ctx context.Context, fn change) (*Set, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	set, err := Update(ctx, m.st, func(s *Set) error {
@@ -266,6 +256,7 @@ func (m *Manager) update(ctx context.Context, fn func(s *Set, now time.Time) err
 	if err := m.install(set); err != nil {
 		return nil, err
 	}
+	m.maintFailed.Store(nil) // the store takes writes again
 	crashtest.Point(crashtest.Installed)
 	return set, nil
 }

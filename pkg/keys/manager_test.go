@@ -10,7 +10,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -40,18 +39,17 @@ func (l *logCapture) String() string {
 
 type testManager struct {
 	*Manager
-	st  *FileStore
+	st  *memStore
 	clk *fakeClock
 	log *logCapture
 }
 
-// newTestManager returns a Manager on a new file store with a fake clock
+// newTestManager returns a Manager on a new memStore with a fake clock
 // starting at t0.
 func newTestManager(t *testing.T, p Policy, opts ...ManagerOption) *testManager {
 	t.Helper()
 	tm := &testManager{clk: newFakeClock(), log: &logCapture{}}
-	tm.st = newTestFileStore(t, keyDir(t))
-	tm.st.pollInterval = 10 * time.Millisecond
+	tm.st = newMemStore(t)
 	opts = append([]ManagerOption{func(m *Manager) { m.now = tm.clk.Now }}, opts...)
 	m, err := NewManager(testCtx(t), tm.st, p, tm.log.logf, opts...)
 	if err != nil {
@@ -207,7 +205,7 @@ func TestManagerRotation(t *testing.T) {
 	// Too early: nothing rotates, not even partly.
 	v := tm.Version()
 	var te *TooEarlyError
-	if err := tm.Rotate(ctx, nil, false); !errors.As(err, &te) {
+	if _, err := tm.Rotate(ctx, nil, false); !errors.As(err, &te) {
 		t.Fatalf("Rotate right after start = %v; want *TooEarlyError", err)
 	}
 	if tm.Version() != v {
@@ -215,7 +213,7 @@ func TestManagerRotation(t *testing.T) {
 	}
 
 	tm.clk.Advance(p.JWKSMaxAge + p.ClockSkew)
-	if err := tm.Rotate(ctx, nil, false); err != nil {
+	if _, err := tm.Rotate(ctx, nil, false); err != nil {
 		t.Fatal(err)
 	}
 	jwks, _ := tm.JWKS()
@@ -247,14 +245,14 @@ func TestManagerRotation(t *testing.T) {
 
 	// Rotating one algorithm leaves the others alone; force skips the lead.
 	before := tm.cur.Load().set
-	if err := tm.Rotate(ctx, []Algorithm{EdDSA}, true); err != nil {
+	if _, err := tm.Rotate(ctx, []Algorithm{EdDSA}, true); err != nil {
 		t.Fatal(err)
 	}
 	after := tm.cur.Load().set
 	if after.Active(EdDSA).ID == before.Active(EdDSA).ID || after.Active(ES256).ID != before.Active(ES256).ID {
 		t.Error("forced rotation of EdDSA did not rotate exactly EdDSA")
 	}
-	if err := tm.Rotate(ctx, []Algorithm{"HS256"}, true); err == nil {
+	if _, err := tm.Rotate(ctx, []Algorithm{"HS256"}, true); err == nil {
 		t.Error("Rotate accepted an unconfigured algorithm")
 	}
 }
@@ -268,7 +266,7 @@ func TestManagerRevoke(t *testing.T) {
 		t.Fatal(err)
 	}
 	next := tm.cur.Load().set.Next(ES256).ID
-	if err := tm.Revoke(ctx, kid); err != nil {
+	if _, err := tm.Revoke(ctx, kid); err != nil {
 		t.Fatal(err)
 	}
 	jwks, _ := tm.JWKS()
@@ -293,7 +291,7 @@ func TestManagerRevoke(t *testing.T) {
 	if k := s.Key(kid); k == nil || k.State != StateRevoked || k.Private != nil {
 		t.Errorf("stored revoked key = %+v", k)
 	}
-	if err := tm.Revoke(ctx, "nope"); !errors.Is(err, ErrUnknownKey) {
+	if _, err := tm.Revoke(ctx, "nope"); !errors.Is(err, ErrUnknownKey) {
 		t.Errorf("Revoke(unknown) = %v", err)
 	}
 }
@@ -351,7 +349,7 @@ func TestManagerSignDuringChanges(t *testing.T) {
 		})
 	}
 	for range 5 {
-		if err := tm.Rotate(ctx, nil, true); err != nil {
+		if _, err := tm.Rotate(ctx, nil, true); err != nil {
 			t.Error(err)
 		}
 	}
@@ -365,10 +363,7 @@ func TestManagerLogsNoPrivateMaterial(t *testing.T) {
 	ctx := testCtx(t)
 	secrets := map[string]bool{}
 	collect := func() {
-		data, err := os.ReadFile(tm.st.Path())
-		if err != nil {
-			t.Fatal(err)
-		}
+		data := tm.st.raw()
 		var doc setDoc
 		if err := json.Unmarshal(data, &doc); err != nil {
 			t.Fatal(err)
@@ -392,16 +387,18 @@ func TestManagerLogsNoPrivateMaterial(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	must(tm.Rotate(ctx, nil, false))
-	collect()
-	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	_, err := tm.Import(ctx, pkcs8(t, k), ES256, false)
+	_, err := tm.Rotate(ctx, nil, false)
 	must(err)
 	collect()
-	must(tm.Revoke(ctx, tm.cur.Load().set.Active(EdDSA).ID))
+	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	_, err = tm.Import(ctx, pkcs8(t, k), ES256, false)
+	must(err)
+	collect()
+	_, err = tm.Revoke(ctx, tm.cur.Load().set.Active(EdDSA).ID)
+	must(err)
 	collect()
 	// A change by another process, picked up by Reload.
-	other := newTestFileStore(t, tm.st.dir)
+	other := tm.st
 	_, err = Update(ctx, other, func(s *Set) error { return s.Rotate(tm.clk.Now().Add(time.Hour), p, RS256, true) })
 	must(err)
 	collect()
@@ -410,7 +407,7 @@ func TestManagerLogsNoPrivateMaterial(t *testing.T) {
 	tm.maintain(ctx)
 	collect()
 	// A failure path that logs an error.
-	os.WriteFile(tm.st.Path(), []byte("garbage"), 0o600)
+	tm.st.setRaw([]byte("garbage"))
 	tm.reload(ctx)
 
 	logs := tm.log.String()
@@ -439,7 +436,7 @@ func TestManagerReload(t *testing.T) {
 	p := testPolicy(ES256)
 	tm := newTestManager(t, p)
 	ctx := testCtx(t)
-	other := newTestFileStore(t, tm.st.dir)
+	other := tm.st // another process's writes
 	s, err := Update(ctx, other, func(s *Set) error { return s.Rotate(t0.Add(time.Hour), p, ES256, true) })
 	if err != nil {
 		t.Fatal(err)
@@ -451,9 +448,7 @@ func TestManagerReload(t *testing.T) {
 		t.Error("Reload did not switch to the stored set")
 	}
 	// A deleted key file must not stop signing.
-	if err := os.Remove(tm.st.Path()); err != nil {
-		t.Fatal(err)
-	}
+	tm.st.setRaw(nil)
 	if err := tm.Reload(ctx); err == nil || !strings.Contains(err.Error(), "keeping the current keys") {
 		t.Errorf("Reload of an empty store = %v; want a refusal", err)
 	}
@@ -510,7 +505,7 @@ func TestManagerRun(t *testing.T) {
 	waitFor(t, "pruning", func() bool { return tm.cur.Load().set.Key(first) == nil })
 
 	// A write by another process reaches the running Manager by Watch.
-	other := newTestFileStore(t, tm.st.dir)
+	other := tm.st // another process's writes
 	s, err := Update(ctx, other, func(s *Set) error { return s.Rotate(tm.clk.Now(), p, ES256, true) })
 	if err != nil {
 		t.Fatal(err)
@@ -579,7 +574,11 @@ func TestManagerStatus(t *testing.T) {
 func TestManagerListJSON(t *testing.T) {
 	p := testPolicy(ES256)
 	tm := newTestManager(t, p)
-	b, err := json.Marshal(tm.List())
+	list, _, err := tm.List(testCtx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := json.Marshal(list)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -623,7 +622,7 @@ func TestManagerListJSON(t *testing.T) {
 func TestNewManagerRejectsInvalidPolicy(t *testing.T) {
 	p := testPolicy()
 	p.RotationPeriod = time.Minute
-	if _, err := NewManager(testCtx(t), newTestFileStore(t, keyDir(t)), p, nil); err == nil || !strings.Contains(err.Error(), "rotation_period") {
+	if _, err := NewManager(testCtx(t), newMemStore(t), p, nil); err == nil || !strings.Contains(err.Error(), "rotation_period") {
 		t.Errorf("NewManager with an invalid policy = %v", err)
 	}
 }

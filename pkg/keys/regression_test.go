@@ -3,7 +3,6 @@ package keys
 import (
 	"context"
 	"errors"
-	"os"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -21,17 +20,14 @@ func TestManagerRefusesRegressedStore(t *testing.T) {
 	p.RotationPeriod, p.JWKSMaxAge, p.ClockSkew, p.MaxTokenTTL = 2*time.Hour, time.Hour, time.Minute, 3*time.Hour
 	tm := newTestManager(t, p)
 	ctx := testCtx(t)
-	old, err := os.ReadFile(tm.st.Path()) // version 1
-	if err != nil {
+	old := tm.st.raw() // version 1
+	if _, err := tm.Rotate(ctx, nil, true); err != nil {
 		t.Fatal(err)
 	}
-	if err := tm.Rotate(ctx, nil, true); err != nil {
+	if _, err := tm.Rotate(ctx, nil, true); err != nil {
 		t.Fatal(err)
 	}
-	if err := tm.Rotate(ctx, nil, true); err != nil {
-		t.Fatal(err)
-	}
-	current, _ := os.ReadFile(tm.st.Path()) // version 3
+	current := tm.st.raw() // version 3
 	inUse := tm.Version()
 	_, kid, _ := tm.Sign(nil, ES256, testPayload)
 	jwks, etag := tm.JWKS()
@@ -41,13 +37,13 @@ func TestManagerRefusesRegressedStore(t *testing.T) {
 		corrupt func()
 		want    string
 	}{
-		{"deleted", func() { os.Remove(tm.st.Path()) }, "the key store is empty"},
-		{"older copy", func() { os.WriteFile(tm.st.Path(), old, 0o600) }, "holds key set version 1"},
+		{"deleted", func() { tm.st.setRaw(nil) }, "the key store is empty"},
+		{"older copy", func() { tm.st.setRaw(old) }, "holds key set version 1"},
 		// An older copy, then written to (say by `tsidp keys rotate` on a
 		// host without a daemon) until it reaches the version in use: a
 		// new history without the keys in use.
 		{"older copy written since", func() {
-			os.WriteFile(tm.st.Path(), old, 0o600)
+			tm.st.setRaw(old)
 			for range 2 {
 				if _, err := Update(ctx, tm.st, func(s *Set) error { return s.Rotate(tm.clk.Now(), p, ES256, true) }); err != nil {
 					t.Fatal(err)
@@ -57,7 +53,7 @@ func TestManagerRefusesRegressedStore(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.corrupt()
-			before, _ := os.ReadFile(tm.st.Path())
+			before := tm.st.raw()
 			tm.log.mu.Lock()
 			beforeLog := len(tm.log.lines)
 			tm.log.mu.Unlock()
@@ -76,13 +72,13 @@ func TestManagerRefusesRegressedStore(t *testing.T) {
 			tm.clk.Advance(3 * time.Hour)
 			tm.maintain(ctx)
 			// Nor do operator commands.
-			if err := tm.Rotate(ctx, nil, true); !errors.Is(err, ErrStoreRegressed) {
+			if _, err := tm.Rotate(ctx, nil, true); !errors.Is(err, ErrStoreRegressed) {
 				t.Errorf("Rotate over a regressed store = %v", err)
 			}
-			if err := tm.Revoke(ctx, kid); !errors.Is(err, ErrStoreRegressed) {
+			if _, err := tm.Revoke(ctx, kid); !errors.Is(err, ErrStoreRegressed) {
 				t.Errorf("Revoke over a regressed store = %v", err)
 			}
-			after, _ := os.ReadFile(tm.st.Path())
+			after := tm.st.raw()
 			if string(after) != string(before) {
 				t.Fatal("the regressed store was written to")
 			}
@@ -107,7 +103,7 @@ func TestManagerRefusesRegressedStore(t *testing.T) {
 			}
 
 			// The newer set is put back: everything resumes.
-			os.WriteFile(tm.st.Path(), current, 0o600)
+			tm.st.setRaw(current)
 			if err := tm.Reload(ctx); err != nil {
 				t.Fatal(err)
 			}
@@ -132,7 +128,7 @@ func TestManagerAdoptsOtherWritersChanges(t *testing.T) {
 	p.RotationPeriod, p.JWKSMaxAge, p.ClockSkew, p.MaxTokenTTL = 2*time.Hour, time.Hour, time.Minute, 3*time.Hour
 	tm := newTestManager(t, p)
 	ctx := testCtx(t)
-	if err := tm.Rotate(ctx, nil, true); err != nil {
+	if _, err := tm.Rotate(ctx, nil, true); err != nil {
 		t.Fatal(err)
 	}
 	var retired *Key
@@ -184,7 +180,7 @@ func TestManagerRunWakesWhenDue(t *testing.T) {
 	p.RotationPeriod, p.JWKSMaxAge, p.ClockSkew, p.MaxTokenTTL = 400*time.Millisecond, 200*time.Millisecond, 100*time.Millisecond, time.Hour
 	var leader atomic.Bool
 	leader.Store(true)
-	st := newTestFileStore(t, keyDir(t))
+	st := newMemStore(t)
 	m, err := NewManager(testCtx(t), st, p, t.Logf,
 		func(m *Manager) { m.tick = time.Hour },
 		WithShouldRotate(leader.Load))
@@ -230,11 +226,8 @@ func TestManagerRunWakesWhenDue(t *testing.T) {
 func TestManagerRefusal(t *testing.T) {
 	tm := newTestManager(t, testPolicy(ES256))
 	ctx := testCtx(t)
-	good, err := os.ReadFile(tm.st.Path())
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.WriteFile(tm.st.Path(), good[:len(good)/2], 0o600)
+	good := tm.st.raw()
+	tm.st.setRaw(good[:len(good)/2])
 	if err := tm.Reload(ctx); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("Reload of a damaged file = %v", err)
 	}
@@ -244,7 +237,7 @@ func TestManagerRefusal(t *testing.T) {
 	if _, _, err := tm.Sign(nil, ES256, testPayload); err != nil {
 		t.Errorf("Sign while the stored set is refused: %v", err)
 	}
-	os.WriteFile(tm.st.Path(), good, 0o600)
+	tm.st.setRaw(good)
 	if err := tm.Reload(ctx); err != nil {
 		t.Fatal(err)
 	}

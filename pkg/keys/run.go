@@ -2,7 +2,10 @@ package keys
 
 import (
 	"context"
+	"fmt"
 	"time"
+
+	"github.com/tsidp/tsidp/internal/duration"
 )
 
 // Run performs background work until ctx is done: scheduled rotation once
@@ -129,8 +132,65 @@ func (m *Manager) maintain(ctx context.Context) {
 		return nil
 	})
 	if err != nil && ctx.Err() == nil {
+		m.maintFailed.Store(&err)
 		m.logf("keys: scheduled key maintenance failed, will retry: %s", unprefixed(err))
 	}
+}
+
+// OverdueError reports a scheduled rotation that is due and has not
+// happened.
+type OverdueError struct {
+	Algorithm Algorithm
+	Due       time.Time // when scheduled rotation was due
+	Now       time.Time
+	// Cause is why this process's last attempt failed (a full disk, an
+	// unwritable store); nil when this process does not rotate (another
+	// replica leads) and the one that does has not done it.
+	Cause error
+}
+
+func (e *OverdueError) Error() string {
+	s := fmt.Sprintf("keys: scheduled rotation of %s is overdue: due since %s (%s ago)",
+		e.Algorithm, e.Due.Format(time.RFC3339), duration.Format(e.Now.Sub(e.Due).Round(time.Second)))
+	if e.Cause != nil {
+		return s + "; the last attempt failed, will retry: " + unprefixed(e.Cause)
+	}
+	return s + "; the replica that rotates has not done it"
+}
+
+func (e *OverdueError) Unwrap() error { return e.Cause }
+
+// overdueAfter is how long a due rotation may wait, with no failure seen,
+// before RotationOverdue reports it: two of Run's maintenance intervals, in
+// which the process that rotates (this one, or the leading replica, whose
+// rotation reaches this one by the store's watch) would have done it.
+func (m *Manager) overdueAfter() time.Duration { return 2 * m.tick }
+
+// RotationOverdue returns an *OverdueError for the configured algorithm
+// whose scheduled rotation has been due longest, if it is overdue at now:
+// this process's last attempt failed (while it may rotate), or it has been
+// due for longer than two maintenance intervals. Otherwise it returns nil.
+// It clears once the rotation happened, by this process or another.
+func (m *Manager) RotationOverdue(now time.Time) error {
+	set := m.cur.Load().set
+	var cause error
+	if e := m.maintFailed.Load(); e != nil && m.shouldRotate() {
+		cause = *e
+	}
+	var worst *OverdueError
+	for _, alg := range m.p.Algorithms {
+		due, ok := nextRotation(set, alg, m.p)
+		if !ok || now.Before(due) || (cause == nil && now.Sub(due) < m.overdueAfter()) {
+			continue
+		}
+		if worst == nil || due.Before(worst.Due) {
+			worst = &OverdueError{Algorithm: alg, Due: due, Now: now, Cause: cause}
+		}
+	}
+	if worst == nil {
+		return nil
+	}
+	return worst
 }
 
 func (m *Manager) needsWork(s *Set, now time.Time) bool {

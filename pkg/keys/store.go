@@ -11,8 +11,10 @@ import (
 )
 
 // Store persists one key Set with a version for compare-and-swap. It is
-// deliberately tiny so that every backend (file, etcd) is easy to get right;
-// keystest.RunStoreTests checks a backend against this contract.
+// deliberately tiny so that every backend (packages filestore and
+// etcdstore) is easy to get right; keystest.RunStoreTests checks a backend
+// against this contract. What only some backends can do is an optional
+// capability beside it: Watcher, Elector, HealthChecker.
 type Store interface {
 	// Load returns the current key set and its version: version 0 and an
 	// empty set if none was ever saved. It never returns a partly written
@@ -34,6 +36,68 @@ type Store interface {
 type Watcher interface {
 	Watch(ctx context.Context) <-chan struct{}
 }
+
+// Elector is an optional Store capability of stores that replicas share:
+// Elect starts a campaign for the leadership of scheduled rotation (only
+// the leader rotates; see WithShouldRotate) and returns at once. The
+// campaign stops, resigning if it leads, when the Election or the store is
+// closed. Leadership only avoids wasted work: writers still use Update.
+type Elector interface {
+	Elect(ElectionConfig) Election
+}
+
+// ElectionConfig configures a campaign (see Elector).
+type ElectionConfig struct {
+	// ID names this process to operators while it leads (host name, pid).
+	ID string
+	// OnChange, if set, is called whenever this process gains or loses
+	// leadership.
+	OnChange func(leader bool)
+	// Logf receives leadership changes and campaign errors; nil means the
+	// store's.
+	Logf func(format string, args ...any)
+}
+
+// Election is one campaign of an Elector.
+type Election interface {
+	// IsLeader reports whether this process leads now.
+	IsLeader() bool
+	// Terms counts the times this process gained leadership.
+	Terms() int64
+	// Close stops campaigning; a leader resigns.
+	Close()
+}
+
+// HealthChecker is an optional Store capability of stores reached over a
+// network: Health reports whether the store answers now. A store without
+// it (the file store) is taken as always healthy.
+type HealthChecker interface {
+	Health(ctx context.Context) error
+}
+
+// StoreConfig is the configuration of one store backend, which opens its
+// store itself. Package config builds the one keys.store names; nothing
+// else needs to know which backend it is.
+type StoreConfig interface {
+	// Open opens the store. With o.MustExist, a store that holds no key
+	// set is an error wrapping ErrNoKeySet, and nothing is created.
+	Open(ctx context.Context, o OpenOptions) (Store, error)
+}
+
+// OpenOptions are the caller's side of opening a store.
+type OpenOptions struct {
+	// MustExist refuses a store that holds no key set, creating nothing:
+	// for tools that would otherwise list nothing, export an empty JWKS or
+	// start a new history on a mistyped location.
+	MustExist bool
+	// Logf receives the store's rare operational messages (never key
+	// material); nil discards them.
+	Logf func(format string, args ...any)
+}
+
+// ErrNoKeySet means a store opened with OpenOptions.MustExist holds no key
+// set.
+var ErrNoKeySet = errors.New("no key set")
 
 // Update attempts. Under heavy contention (TestFileStoreMultiProcess: four
 // processes rotating back to back on a busy 2-core machine) an optimistic

@@ -24,6 +24,7 @@ import (
 	"github.com/tsidp/tsidp/pkg/identity"
 	"github.com/tsidp/tsidp/pkg/issue"
 	"github.com/tsidp/tsidp/pkg/keys"
+	"github.com/tsidp/tsidp/pkg/keys/filestore"
 )
 
 // staticSource is a stand-in identity source for unit tests of the HTTP
@@ -68,7 +69,7 @@ func testManager(t testing.TB) *keys.Manager {
 		if err != nil {
 			t.Fatal(err)
 		}
-		st, err := keys.NewFileStore(dir)
+		st, err := filestore.Open(dir)
 		if err != nil {
 			t.Fatal(err)
 		}

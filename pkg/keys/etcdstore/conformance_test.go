@@ -35,9 +35,16 @@ func openStore(t testing.TB, c *etcdtest.Cluster, sl keys.Sealer, prefix string)
 	if prefix == "" {
 		prefix = fmt.Sprintf("/tsidp-test/%d/", prefixes.Add(1))
 	}
+	return openStoreWith(t, c, etcdstore.Config{Prefix: prefix, Sealer: sl})
+}
+
+// openStoreWith opens a store on c with cfg, its endpoints and log added.
+func openStoreWith(t testing.TB, c *etcdtest.Cluster, cfg etcdstore.Config) *etcdstore.Store {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	st, err := etcdstore.Open(ctx, etcdstore.Config{Endpoints: c.Endpoints(), Prefix: prefix, Sealer: sl, Logf: t.Logf})
+	cfg.Endpoints, cfg.Logf = c.Endpoints(), t.Logf
+	st, err := etcdstore.Open(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,7 +18,7 @@
 // Watch turns etcd watch events into reload signals, so every replica
 // switches to a new set within one watch round trip of the write.
 //
-// Elector runs leader election under <prefix>leader through etcd's
+// Elect runs leader election under <prefix>leader through etcd's
 // concurrency package, so that exactly one replica performs scheduled
 // rotation.
 package etcdstore
@@ -77,12 +77,19 @@ type Config struct {
 	Sealer keys.Sealer
 	// DialTimeout bounds Open's first contact with the cluster. Default 5s.
 	DialTimeout time.Duration
+	// ElectionTTL bounds how long a dead leader keeps leadership (see
+	// Elect): its lease has ElectionTTL minus one second (whole seconds,
+	// at least 2), and etcd revokes an expired lease within half a
+	// second, after which the next replica wins at once. Default
+	// DefaultElectionTTL.
+	ElectionTTL time.Duration
 	// Logf receives rare operational messages (watch restarts); nil
 	// discards them. Lines never hold key material.
 	Logf func(format string, args ...any)
 }
 
-// Store is a keys.Store and keys.Watcher on etcd.
+// Store is a keys.Store on etcd, with the keys.Watcher, keys.Elector and
+// keys.HealthChecker capabilities.
 type Store struct {
 	cli       *clientv3.Client
 	prefix    string
@@ -91,6 +98,7 @@ type Store struct {
 	endpoints string // for messages
 	logf      func(string, ...any)
 	opTimeout time.Duration
+	electTTL  time.Duration
 
 	closed    atomic.Bool
 	done      chan struct{}
@@ -102,8 +110,10 @@ type Store struct {
 }
 
 var (
-	_ keys.Store   = (*Store)(nil)
-	_ keys.Watcher = (*Store)(nil)
+	_ keys.Store         = (*Store)(nil)
+	_ keys.Watcher       = (*Store)(nil)
+	_ keys.Elector       = (*Store)(nil)
+	_ keys.HealthChecker = (*Store)(nil)
 )
 
 // Open connects to etcd and checks, within DialTimeout, that the cluster
@@ -121,6 +131,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	if cfg.DialTimeout <= 0 {
 		cfg.DialTimeout = DefaultDialTimeout
+	}
+	if cfg.ElectionTTL <= 0 {
+		cfg.ElectionTTL = DefaultElectionTTL
 	}
 	if cfg.Logf == nil {
 		cfg.Logf = func(string, ...any) {}
@@ -165,6 +178,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		endpoints: strings.Join(cfg.Endpoints, ","),
 		logf:      cfg.Logf,
 		opTimeout: DefaultOpTimeout,
+		electTTL:  cfg.ElectionTTL,
 		done:      make(chan struct{}),
 	}
 	// Client creation does not connect; a bounded read does, and proves

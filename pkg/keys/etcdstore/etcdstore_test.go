@@ -374,3 +374,39 @@ func TestWatchRightAway(t *testing.T) {
 		cancel()
 	}
 }
+
+// TestSettingsOpen: the etcd store's configuration opens it from the KEK
+// file; with MustExist a prefix without a key set is refused
+// (keys.ErrNoKeySet, naming the endpoints and prefix).
+func TestSettingsOpen(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	ctx := testCtx(t)
+	kek := filepath.Join(t.TempDir(), "kek")
+	k := make([]byte, etcdstore.KEKSize)
+	rand.Read(k)
+	if err := os.WriteFile(kek, k, 0o400); err != nil {
+		t.Fatal(err)
+	}
+	s := etcdstore.Settings{Endpoints: c.Endpoints(), Prefix: "/settings/", KEKFile: kek, DialTimeout: 5 * time.Second}
+	_, err := s.Open(ctx, keys.OpenOptions{MustExist: true})
+	if !errors.Is(err, keys.ErrNoKeySet) || !strings.Contains(err.Error(), `under prefix "/settings/"`) || !strings.Contains(err.Error(), c.Endpoints()[0]) {
+		t.Errorf("Open(MustExist) of an empty prefix = %v; want ErrNoKeySet naming it", err)
+	}
+	st, err := s.Open(ctx, keys.OpenOptions{Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if _, err := keys.Update(ctx, st, func(s *keys.Set) error { return s.Ensure(t0, policy(keys.ES256)) }); err != nil {
+		t.Fatal(err)
+	}
+	again, err := s.Open(ctx, keys.OpenOptions{MustExist: true})
+	if err != nil {
+		t.Fatalf("Open(MustExist) with a key set: %v", err)
+	}
+	again.Close()
+	s.KEKFile = ""
+	if _, err := s.Open(ctx, keys.OpenOptions{}); err == nil || !strings.Contains(err.Error(), "--kek-file") {
+		t.Errorf("Open without a KEK file: %v", err)
+	}
+}

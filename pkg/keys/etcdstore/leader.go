@@ -10,6 +10,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
+
+	"github.com/tsidp/tsidp/pkg/keys"
 )
 
 // DefaultElectionTTL is the default election TTL: the longest a replica
@@ -18,7 +20,7 @@ import (
 const DefaultElectionTTL = 10 * time.Second
 
 // MinElectionTTL is the shortest election TTL accepted. The lease behind it
-// is a second shorter (see ElectorConfig.TTL), and etcd raises lease TTLs
+// is a second shorter (see Config.ElectionTTL), and etcd raises lease TTLs
 // below its own minimum (1.5 × its election timeout, 2s with etcd's
 // defaults) to that minimum.
 const MinElectionTTL = 3 * time.Second
@@ -27,23 +29,6 @@ const MinElectionTTL = 3 * time.Second
 // 3.4–3.6): a dead leader's lease is revoked up to that long after it
 // expired. The lease TTL leaves a second for it.
 const expiryCheck = time.Second
-
-// ElectorConfig configures an Elector.
-type ElectorConfig struct {
-	// TTL bounds how long a dead leader keeps leadership: its lease has
-	// TTL minus one second (whole seconds, at least 2), and etcd revokes
-	// an expired lease within half a second, after which the next replica
-	// wins at once. Default DefaultElectionTTL.
-	TTL time.Duration
-	// ID is what this replica announces while leading (host name, pid),
-	// visible under <prefix>leader/ for operators.
-	ID string
-	// OnChange, if set, is called (from the elector's goroutine) whenever
-	// this replica gains or loses leadership.
-	OnChange func(leader bool)
-	// Logf receives leadership changes and campaign errors.
-	Logf func(format string, args ...any)
-}
 
 // Elector campaigns for leadership of the replicas sharing a Store, through
 // an etcd election under <prefix>leader. At most one Elector of a prefix
@@ -57,7 +42,7 @@ type ElectorConfig struct {
 // only avoids wasted work.
 type Elector struct {
 	s    *Store
-	cfg  ElectorConfig
+	cfg  keys.ElectionConfig
 	ttl  int // seconds
 	logf func(string, ...any)
 
@@ -78,12 +63,12 @@ const (
 	electRevokeTimeout = 2 * time.Second
 )
 
-// Elect starts campaigning and returns at once. The Elector stops, and
-// resigns if it leads, on Close or when the Store is closed.
-func (s *Store) Elect(cfg ElectorConfig) *Elector {
-	if cfg.TTL <= 0 {
-		cfg.TTL = DefaultElectionTTL
-	}
+var _ keys.Election = (*Elector)(nil)
+
+// Elect implements keys.Elector: it starts campaigning, with the store's
+// ElectionTTL, and returns at once. The Elector stops, and resigns if it
+// leads, on Close or when the Store is closed.
+func (s *Store) Elect(cfg keys.ElectionConfig) keys.Election {
 	if cfg.Logf == nil {
 		cfg.Logf = s.logf
 	}
@@ -94,7 +79,7 @@ func (s *Store) Elect(cfg ElectorConfig) *Elector {
 	e := &Elector{
 		s:      s,
 		cfg:    cfg,
-		ttl:    leaseTTL(cfg.TTL),
+		ttl:    leaseTTL(s.electTTL),
 		logf:   cfg.Logf,
 		cancel: cancel,
 		done:   make(chan struct{}),

@@ -31,7 +31,7 @@ func waitFor(t *testing.T, what string, bound time.Duration, cond func() bool) t
 
 type replica struct {
 	st *etcdstore.Store
-	el *etcdstore.Elector
+	el keys.Election
 	mu sync.Mutex
 	ch []bool // OnChange calls
 }
@@ -57,8 +57,8 @@ func TestElection(t *testing.T) {
 	const ttl = 2 * time.Second
 	rs := make([]*replica, 3)
 	for i := range rs {
-		r := &replica{st: openStore(t, c, sl, "/elect/")}
-		r.el = r.st.Elect(etcdstore.ElectorConfig{TTL: ttl, ID: fmt.Sprintf("replica-%d", i), Logf: t.Logf,
+		r := &replica{st: openStoreWith(t, c, etcdstore.Config{Prefix: "/elect/", Sealer: sl, ElectionTTL: ttl})}
+		r.el = r.st.Elect(keys.ElectionConfig{ID: fmt.Sprintf("replica-%d", i), Logf: t.Logf,
 			OnChange: func(v bool) { r.mu.Lock(); r.ch = append(r.ch, v); r.mu.Unlock() }})
 		rs[i] = r
 	}
@@ -132,8 +132,9 @@ func TestOutage(t *testing.T) {
 	c := etcdtest.Start(t, 3)
 	sl := newSealer(t)
 	ctx := testCtx(t)
+	const ttl = 2 * time.Second
 	open := func(eps ...string) *etcdstore.Store {
-		st, err := etcdstore.Open(ctx, etcdstore.Config{Endpoints: eps, Prefix: "/outage/", Sealer: sl, Logf: t.Logf})
+		st, err := etcdstore.Open(ctx, etcdstore.Config{Endpoints: eps, Prefix: "/outage/", Sealer: sl, ElectionTTL: ttl, Logf: t.Logf})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -149,8 +150,7 @@ func TestOutage(t *testing.T) {
 	wctx, wcancel := context.WithCancel(ctx)
 	defer wcancel()
 	ch := st.Watch(wctx)
-	const ttl = 2 * time.Second
-	el := st.Elect(etcdstore.ElectorConfig{TTL: ttl, ID: "cut-off", Logf: t.Logf})
+	el := st.Elect(keys.ElectionConfig{ID: "cut-off", Logf: t.Logf})
 	waitFor(t, "leadership", 10*time.Second, el.IsLeader)
 	if err := st.Health(ctx); err != nil {
 		t.Fatal(err)

@@ -1,4 +1,4 @@
-package keys
+package filestore
 
 import (
 	"bufio"
@@ -16,7 +16,50 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/tsidp/tsidp/pkg/keys"
 )
+
+// t0 is the start of every test's fake timeline.
+var t0 = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+
+// testPolicy returns the default policy for algs (all if none).
+func testPolicy(algs ...keys.Algorithm) keys.Policy {
+	p := keys.Policy{Algorithms: algs}
+	p.Provision()
+	return p
+}
+
+// ensured returns a new set with Ensure applied at t0.
+func ensured(t testing.TB, p keys.Policy) *keys.Set {
+	t.Helper()
+	s := &keys.Set{}
+	if err := s.Ensure(t0, p); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// count returns how many keys of alg are in state st.
+func count(s *keys.Set, alg keys.Algorithm, st keys.State) int {
+	n := 0
+	for _, k := range s.Keys {
+		if k.Algorithm == alg && k.State == st {
+			n++
+		}
+	}
+	return n
+}
+
+// marshal encodes s, to compare sets.
+func marshal(t *testing.T, s *keys.Set) []byte {
+	t.Helper()
+	b, err := keys.MarshalSet(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
 
 func testCtx(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -28,9 +71,9 @@ func testCtx(t *testing.T) context.Context {
 // which the file store refuses.
 func keyDir(t *testing.T) string { return filepath.Join(t.TempDir(), "keys") }
 
-func newTestFileStore(t *testing.T, dir string) *FileStore {
+func newTestFileStore(t *testing.T, dir string) *Store {
 	t.Helper()
-	st, err := NewFileStore(dir)
+	st, err := Open(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,7 +93,7 @@ func perm(t *testing.T, path string) fs.FileMode {
 func TestFileStorePermissions(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "state", "keys")
 	st := newTestFileStore(t, dir)
-	if _, err := Update(testCtx(t), st, func(s *Set) error { return s.Ensure(t0, testPolicy(ES256)) }); err != nil {
+	if _, err := keys.Update(testCtx(t), st, func(s *keys.Set) error { return s.Ensure(t0, testPolicy(keys.ES256)) }); err != nil {
 		t.Fatal(err)
 	}
 	if got := perm(t, dir); got != 0o700 {
@@ -72,9 +115,9 @@ func TestFileStoreRefusesAccessibleDir(t *testing.T) {
 	if err := os.Chmod(dir, 0o750); err != nil {
 		t.Fatal(err)
 	}
-	_, err := NewFileStore(dir)
+	_, err := Open(dir)
 	if err == nil || !strings.Contains(err.Error(), "mode 0750") || !strings.Contains(err.Error(), "chmod 700 "+dir) {
-		t.Errorf("NewFileStore(0750 dir) = %v; want a refusal naming the mode and the fix", err)
+		t.Errorf("Open(0750 dir) = %v; want a refusal naming the mode and the fix", err)
 	}
 	if got := perm(t, dir); got != 0o750 {
 		t.Errorf("NewFileStore changed the directory mode to %04o; it should refuse, not fix", got)
@@ -86,8 +129,8 @@ func TestFileStoreRefusesAccessibleDir(t *testing.T) {
 		t.Fatal(err)
 	}
 	os.Chmod(file, 0o644)
-	if _, err := NewFileStore(dir); err == nil || !strings.Contains(err.Error(), "chmod 600 "+file) {
-		t.Errorf("NewFileStore(0644 file) = %v; want a refusal", err)
+	if _, err := Open(dir); err == nil || !strings.Contains(err.Error(), "chmod 600 "+file) {
+		t.Errorf("Open(0644 file) = %v; want a refusal", err)
 	}
 }
 
@@ -180,28 +223,28 @@ func dirNames(t *testing.T, dir string) []string {
 }
 
 func TestFileStoreWriteFailures(t *testing.T) {
-	p := testPolicy(ES256, EdDSA)
+	p := testPolicy(keys.ES256, keys.EdDSA)
 	for _, step := range []string{"lock", "read", "create", "write", "sync", "close", "rename", "syncdir"} {
 		t.Run(step, func(t *testing.T) {
 			ctx := testCtx(t)
 			dir := keyDir(t)
 			good := newTestFileStore(t, dir)
-			prev, err := Update(ctx, good, func(s *Set) error { return s.Ensure(t0, p) })
+			prev, err := keys.Update(ctx, good, func(s *keys.Set) error { return s.Ensure(t0, p) })
 			if err != nil {
 				t.Fatal(err)
 			}
 
-			bad := newFileStore(dir, &faultFS{fail: step})
+			bad := newStore(dir, &faultFS{fail: step})
 			s := prev.Clone()
-			if err := s.Rotate(t0.Add(2*time.Hour), p, ES256, false); err != nil {
+			if err := s.Rotate(t0.Add(2*time.Hour), p, keys.ES256, false); err != nil {
 				t.Fatal(err)
 			}
 			saveErr := bad.Save(ctx, s)
 			if !errors.Is(saveErr, errInjected) {
 				t.Fatalf("Save with a failing %s = %v; want the injected error", step, saveErr)
 			}
-			if !strings.HasPrefix(saveErr.Error(), "keys: ") {
-				t.Errorf("error %q lacks the keys: prefix", saveErr)
+			if !strings.HasPrefix(saveErr.Error(), "filestore: ") {
+				t.Errorf("error %q lacks the filestore: prefix", saveErr)
 			}
 
 			got, err := good.Load(ctx)
@@ -218,7 +261,7 @@ func TestFileStoreWriteFailures(t *testing.T) {
 					t.Errorf("Save error %q does not say the change is in place but not durable", saveErr)
 				}
 			} else {
-				if !got.sameAs(prev) {
+				if a, b := marshal(t, got), marshal(t, prev); !bytes.Equal(a, b) {
 					t.Errorf("after a failed %s the stored set changed (version %d → %d)", step, prev.Version, got.Version)
 				}
 				if s.Version != prev.Version {
@@ -229,8 +272,8 @@ func TestFileStoreWriteFailures(t *testing.T) {
 				t.Errorf("after a failed %s the directory holds %v; want only the key and lock files", step, names)
 			}
 			// The store still works.
-			if _, err := Update(ctx, good, func(s *Set) error { return s.Rotate(t0.Add(3*time.Hour), p, EdDSA, false) }); err != nil {
-				t.Errorf("Update after a failed %s: %v", step, err)
+			if _, err := keys.Update(ctx, good, func(s *keys.Set) error { return s.Rotate(t0.Add(3*time.Hour), p, keys.EdDSA, false) }); err != nil {
+				t.Errorf("keys.Update after a failed %s: %v", step, err)
 			}
 		})
 	}
@@ -240,7 +283,7 @@ func TestFileStoreCleansLitter(t *testing.T) {
 	dir := keyDir(t)
 	st := newTestFileStore(t, dir)
 	ctx := testCtx(t)
-	if _, err := Update(ctx, st, func(s *Set) error { return s.Ensure(t0, testPolicy(ES256)) }); err != nil {
+	if _, err := keys.Update(ctx, st, func(s *keys.Set) error { return s.Ensure(t0, testPolicy(keys.ES256)) }); err != nil {
 		t.Fatal(err)
 	}
 	// A writer that crashed between creating and renaming its file.
@@ -254,7 +297,7 @@ func TestFileStoreCleansLitter(t *testing.T) {
 	}
 	// And Save cleans up too, e.g. if the lock was busy at open.
 	os.WriteFile(litter, nil, 0o600)
-	if _, err := Update(ctx, st, func(s *Set) error { return s.Rotate(t0.Add(time.Hour), testPolicy(ES256), ES256, true) }); err != nil {
+	if _, err := keys.Update(ctx, st, func(s *keys.Set) error { return s.Rotate(t0.Add(time.Hour), testPolicy(keys.ES256), keys.ES256, true) }); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(litter); !errors.Is(err, fs.ErrNotExist) {
@@ -276,19 +319,19 @@ func TestFileStoreCorrupt(t *testing.T) {
 				t.Fatal(err)
 			}
 			_, err := st.Load(ctx)
-			if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), st.Path()) {
-				t.Fatalf("Load of a corrupt file = %v; want ErrCorrupt naming %s", err, st.Path())
+			if !errors.Is(err, keys.ErrCorrupt) || !strings.Contains(err.Error(), st.Path()) {
+				t.Fatalf("Load of a corrupt file = %v; want keys.ErrCorrupt naming %s", err, st.Path())
 			}
 			// Nothing may replace the corrupt file with a fresh set: that
 			// would silently lose the keys.
-			if _, err := Update(ctx, st, func(s *Set) error { return s.Ensure(t0, testPolicy(ES256)) }); err == nil {
-				t.Error("Update over a corrupt file succeeded")
+			if _, err := keys.Update(ctx, st, func(s *keys.Set) error { return s.Ensure(t0, testPolicy(keys.ES256)) }); err == nil {
+				t.Error("keys.Update over a corrupt file succeeded")
 			}
-			if err := st.Save(ctx, ensured(t, testPolicy(ES256))); err == nil {
+			if err := st.Save(ctx, ensured(t, testPolicy(keys.ES256))); err == nil {
 				t.Error("Save over a corrupt file succeeded")
 			}
-			if _, err := NewManager(ctx, st, testPolicy(ES256), nil); err == nil || !strings.Contains(err.Error(), st.Path()) {
-				t.Errorf("NewManager over a corrupt file = %v; want an error naming the file", err)
+			if _, err := keys.NewManager(ctx, st, testPolicy(keys.ES256), nil); err == nil || !strings.Contains(err.Error(), st.Path()) {
+				t.Errorf("keys.NewManager over a corrupt file = %v; want an error naming the file", err)
 			}
 			if got, _ := os.ReadFile(st.Path()); string(got) != content {
 				t.Error("the corrupt file was modified")
@@ -311,7 +354,7 @@ func TestFileStoreLockWaitIsBounded(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Millisecond)
 	defer cancel()
 	start := time.Now()
-	err = st.Save(ctx, ensured(t, testPolicy(ES256)))
+	err = st.Save(ctx, ensured(t, testPolicy(keys.ES256)))
 	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "holds the lock") {
 		t.Errorf("Save while locked = %v; want a lock wait error", err)
 	}
@@ -322,7 +365,7 @@ func TestFileStoreLockWaitIsBounded(t *testing.T) {
 	// Without a deadline, the store's own bound applies.
 	st.lockWait = 100 * time.Millisecond
 	start = time.Now()
-	if err := st.Save(context.Background(), ensured(t, testPolicy(ES256))); err == nil {
+	if err := st.Save(context.Background(), ensured(t, testPolicy(keys.ES256))); err == nil {
 		t.Error("Save succeeded while another holder had the lock")
 	}
 	if d := time.Since(start); d > 5*time.Second {
@@ -330,7 +373,7 @@ func TestFileStoreLockWaitIsBounded(t *testing.T) {
 	}
 
 	unlock()
-	if err := st.Save(testCtx(t), ensured(t, testPolicy(ES256))); err != nil {
+	if err := st.Save(testCtx(t), ensured(t, testPolicy(keys.ES256))); err != nil {
 		t.Errorf("Save after the lock was released: %v", err)
 	}
 }
@@ -359,7 +402,7 @@ func TestHelperProcess(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	st, err := NewFileStore(dir)
+	st, err := Open(dir)
 	if err != nil {
 		fail("%v", err)
 	}
@@ -368,14 +411,15 @@ func TestHelperProcess(t *testing.T) {
 		if _, err := os.Stat(os.Getenv(helperBarrierEnv)); err == nil {
 			break
 		}
-		if sleep(ctx, time.Millisecond) != nil {
+		if ctx.Err() != nil {
 			fail("barrier not released")
 		}
+		time.Sleep(time.Millisecond)
 	}
 	cs := &conflictCounter{Store: st}
-	p := testPolicy(ES256)
+	p := testPolicy(keys.ES256)
 	for i := range n {
-		if _, err := Update(ctx, cs, func(s *Set) error { return s.Rotate(time.Now(), p, ES256, true) }); err != nil {
+		if _, err := keys.Update(ctx, cs, func(s *keys.Set) error { return s.Rotate(time.Now(), p, keys.ES256, true) }); err != nil {
 			fail("rotation %d: %v", i, err)
 		}
 	}
@@ -385,13 +429,13 @@ func TestHelperProcess(t *testing.T) {
 
 // conflictCounter counts the conflicts a Store's Saves report.
 type conflictCounter struct {
-	Store
+	keys.Store
 	conflicts atomic.Int64
 }
 
-func (c *conflictCounter) Save(ctx context.Context, s *Set) error {
+func (c *conflictCounter) Save(ctx context.Context, s *keys.Set) error {
 	err := c.Store.Save(ctx, s)
-	if errors.Is(err, ErrConflict) {
+	if errors.Is(err, keys.ErrConflict) {
 		c.conflicts.Add(1)
 	}
 	return err
@@ -404,7 +448,7 @@ func TestFileStoreMultiProcess(t *testing.T) {
 	ctx := testCtx(t)
 	dir := keyDir(t)
 	st := newTestFileStore(t, dir)
-	init, err := Update(ctx, st, func(s *Set) error { return s.Ensure(t0, testPolicy(ES256)) })
+	init, err := keys.Update(ctx, st, func(s *keys.Set) error { return s.Ensure(t0, testPolicy(keys.ES256)) })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -448,7 +492,7 @@ func TestFileStoreMultiProcess(t *testing.T) {
 	if want := init.Version + procs*each; got.Version != want {
 		t.Errorf("version after %d processes × %d rotations = %d; want %d", procs, each, got.Version, want)
 	}
-	if n := count(got, ES256, StateRetired); n != procs*each {
+	if n := count(got, keys.ES256, keys.StateRetired); n != procs*each {
 		t.Errorf("%d retired keys; want %d: rotations were lost", n, procs*each)
 	}
 	if err := got.Check(); err != nil {
@@ -466,7 +510,7 @@ func TestFileStoreWatch(t *testing.T) {
 	ch := st.Watch(ctx)
 	// A write by another process (another store on the same directory).
 	other := newTestFileStore(t, dir)
-	if _, err := Update(ctx, other, func(s *Set) error { return s.Ensure(t0, testPolicy(ES256)) }); err != nil {
+	if _, err := keys.Update(ctx, other, func(s *keys.Set) error { return s.Ensure(t0, testPolicy(keys.ES256)) }); err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -487,4 +531,36 @@ func TestFileStoreWatch(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Error("watch channel not closed after Close")
 	}
+}
+
+// TestConfigOpen: the file store's configuration opens it, creating the
+// directory; with MustExist a directory without a key set is refused
+// (keys.ErrNoKeySet, naming the file) and nothing is created.
+func TestConfigOpen(t *testing.T) {
+	ctx := testCtx(t)
+	dir := keyDir(t)
+	c := Config{Dir: dir}
+	_, err := c.Open(ctx, keys.OpenOptions{MustExist: true})
+	if !errors.Is(err, keys.ErrNoKeySet) || !strings.Contains(err.Error(), "no key set at "+filepath.Join(dir, setFileName)) {
+		t.Errorf("Open(MustExist) of a new directory = %v; want ErrNoKeySet naming the file", err)
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("Open(MustExist) created %s (%v)", dir, err)
+	}
+	st, err := c.Open(ctx, keys.OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if got := perm(t, dir); got != 0o700 {
+		t.Errorf("Open made %s with mode %04o", dir, got)
+	}
+	if _, err := keys.Update(ctx, st, func(s *keys.Set) error { return s.Ensure(t0, testPolicy(keys.ES256)) }); err != nil {
+		t.Fatal(err)
+	}
+	again, err := c.Open(ctx, keys.OpenOptions{MustExist: true})
+	if err != nil {
+		t.Fatalf("Open(MustExist) with a key set: %v", err)
+	}
+	again.Close()
 }

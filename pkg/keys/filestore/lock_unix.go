@@ -1,6 +1,6 @@
 //go:build linux || darwin || freebsd || netbsd || openbsd || dragonfly
 
-package keys
+package filestore
 
 import (
 	"context"
@@ -33,9 +33,11 @@ func lockFile(ctx context.Context, path string) (func(), error) {
 			f.Close()
 			return nil, fmt.Errorf("flock: %w", err)
 		}
-		if err := sleep(ctx, delay/2+rand.N(delay)); err != nil {
+		select {
+		case <-ctx.Done():
 			f.Close()
-			return nil, fmt.Errorf("another process is writing keys and holds the lock: %w", err)
+			return nil, fmt.Errorf("another process is writing keys and holds the lock: %w", ctx.Err())
+		case <-time.After(delay/2 + rand.N(delay)):
 		}
 		delay = min(2*delay, 50*time.Millisecond)
 	}
@@ -46,16 +48,16 @@ func lockFile(ctx context.Context, path string) (func(), error) {
 func checkPrivateDir(dir string) error {
 	fi, err := os.Stat(dir)
 	if err != nil {
-		return fmt.Errorf("keys: %w", err)
+		return fmt.Errorf("filestore: %w", err)
 	}
 	if !fi.IsDir() {
-		return fmt.Errorf("keys: %s is not a directory", dir)
+		return fmt.Errorf("filestore: %s is not a directory", dir)
 	}
 	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
-		return fmt.Errorf("keys: key directory %s has mode %04o, which lets group or others in; it holds private keys, so only its owner may have access (chmod 700 %s)", dir, perm, dir)
+		return fmt.Errorf("filestore: key directory %s has mode %04o, which lets group or others in; it holds private keys, so only its owner may have access (chmod 700 %s)", dir, perm, dir)
 	}
 	if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) != os.Geteuid() {
-		return fmt.Errorf("keys: key directory %s is owned by uid %d, but this process runs as uid %d; its owner could read the private keys", dir, st.Uid, os.Geteuid())
+		return fmt.Errorf("filestore: key directory %s is owned by uid %d, but this process runs as uid %d; its owner could read the private keys", dir, st.Uid, os.Geteuid())
 	}
 	return nil
 }
@@ -63,7 +65,7 @@ func checkPrivateDir(dir string) error {
 // checkPrivateFile refuses a key file that group or others can access.
 func checkPrivateFile(fi fs.FileInfo, path string) error {
 	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
-		return fmt.Errorf("keys: %s has mode %04o; it holds private keys, so only its owner may have access (chmod 600 %s)", path, perm, path)
+		return fmt.Errorf("filestore: %s has mode %04o; it holds private keys, so only its owner may have access (chmod 600 %s)", path, perm, path)
 	}
 	return nil
 }

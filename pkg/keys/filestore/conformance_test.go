@@ -1,4 +1,4 @@
-package keys_test
+package filestore
 
 import (
 	"path/filepath"
@@ -11,11 +11,11 @@ import (
 
 func TestFileStoreConformance(t *testing.T) {
 	keystest.RunStoreTests(t, func(t *testing.T) keys.Store {
-		st, err := keys.NewFileStore(filepath.Join(t.TempDir(), "keys"))
+		st, err := Open(filepath.Join(t.TempDir(), "keys"))
 		if err != nil {
 			t.Fatal(err)
 		}
-		keys.SetPollInterval(st, 10*time.Millisecond)
+		st.pollInterval = 10 * time.Millisecond
 		return st
 	})
 }

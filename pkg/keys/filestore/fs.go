@@ -1,4 +1,4 @@
-package keys
+package filestore
 
 import (
 	"context"
@@ -16,7 +16,7 @@ type fileSystem interface {
 	SyncDir(dir string) error
 	// Lock takes an exclusive lock shared with other processes, waiting at
 	// most until ctx is done. It tries at least once even if ctx is done.
-	// Errors carry no "keys:" prefix; the caller adds it.
+	// Errors carry no "filestore:" prefix; the caller adds it.
 	Lock(ctx context.Context, path string) (unlock func(), err error)
 }
 
