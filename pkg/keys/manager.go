@@ -175,9 +175,17 @@ func (m *Manager) Policy() Policy {
 }
 
 // Sign appends to dst the compact JWS of payload signed with alg's active
-// key, and returns it with the key's kid. payload is used as is: it should
-// be the JSON claim set.
+// key, with "typ": "JWT", and returns it with the key's kid. payload is
+// used as is: it should be the JSON claim set.
 func (m *Manager) Sign(dst []byte, alg Algorithm, payload []byte) ([]byte, string, error) {
+	return m.SignAs(dst, alg, TypeJWT, payload)
+}
+
+// SignAs is Sign with the given "typ".
+func (m *Manager) SignAs(dst []byte, alg Algorithm, typ Type, payload []byte) ([]byte, string, error) {
+	if typ < 0 || typ >= numTypes {
+		return dst, "", fmt.Errorf("keys: unknown token type %d", typ)
+	}
 	i := alg.index()
 	if i < 0 {
 		return dst, "", fmt.Errorf("keys: unknown algorithm %q", alg)
@@ -189,7 +197,7 @@ func (m *Manager) Sign(dst []byte, alg Algorithm, payload []byte) ([]byte, strin
 		}
 		return dst, "", fmt.Errorf("keys: no active %s key", alg)
 	}
-	out, err := s.appendJWS(dst, payload)
+	out, err := s.appendJWS(dst, typ, payload)
 	if err != nil {
 		return dst, "", err
 	}

@@ -18,27 +18,51 @@ import (
 type signer struct {
 	alg Algorithm
 	kid string
-	// prefix is base64url({"alg":…,"kid":…,"typ":"JWT"}) followed by '.',
-	// computed once per key rather than once per token.
-	prefix []byte
-	sigLen int // raw signature length
+	// prefixes are base64url({"alg":…,"kid":…,"typ":…}) followed by '.',
+	// one per token type, computed once per key rather than once per
+	// token.
+	prefixes [numTypes][]byte
+	sigLen   int // raw signature length
 
 	ec  *ecdsa.PrivateKey
 	rsa *rsa.PrivateKey
 	ed  ed25519.PrivateKey
 }
 
-func newSigner(k *Key) (*signer, error) {
-	hdr, err := json.Marshal(struct {
-		Alg Algorithm `json:"alg"`
-		Kid string    `json:"kid"`
-		Typ string    `json:"typ"`
-	}{k.Algorithm, k.ID, "JWT"})
-	if err != nil {
-		return nil, err
+// Type is a token's JWS "typ" header.
+type Type int
+
+const (
+	// TypeJWT is "typ": "JWT", for ID tokens and POST /token's tokens.
+	TypeJWT Type = iota
+	// TypeAccessToken is "typ": "at+jwt", the RFC 9068 access token
+	// profile: resource servers that check it cannot be handed an ID
+	// token as an access token.
+	TypeAccessToken
+	numTypes
+)
+
+// String returns the header value.
+func (t Type) String() string {
+	if t == TypeAccessToken {
+		return "at+jwt"
 	}
+	return "JWT"
+}
+
+func newSigner(k *Key) (*signer, error) {
 	s := &signer{alg: k.Algorithm, kid: k.ID}
-	s.prefix = append(b64.AppendEncode(nil, hdr), '.')
+	for t := range numTypes {
+		hdr, err := json.Marshal(struct {
+			Alg Algorithm `json:"alg"`
+			Kid string    `json:"kid"`
+			Typ string    `json:"typ"`
+		}{k.Algorithm, k.ID, t.String()})
+		if err != nil {
+			return nil, err
+		}
+		s.prefixes[t] = append(b64.AppendEncode(nil, hdr), '.')
+	}
 	switch priv := k.Private.(type) {
 	case *ecdsa.PrivateKey:
 		s.ec, s.sigLen = priv, 64
@@ -57,10 +81,11 @@ func newSigner(k *Key) (*signer, error) {
 }
 
 // appendJWS appends the compact JWS header.payload.signature to dst.
-func (s *signer) appendJWS(dst, payload []byte) ([]byte, error) {
+func (s *signer) appendJWS(dst []byte, typ Type, payload []byte) ([]byte, error) {
+	prefix := s.prefixes[typ]
 	start := len(dst)
-	dst = slices.Grow(dst, len(s.prefix)+b64.EncodedLen(len(payload))+1+b64.EncodedLen(s.sigLen))
-	dst = append(dst, s.prefix...)
+	dst = slices.Grow(dst, len(prefix)+b64.EncodedLen(len(payload))+1+b64.EncodedLen(s.sigLen))
+	dst = append(dst, prefix...)
 	dst = b64.AppendEncode(dst, payload)
 	input := dst[start:] // the JWS signing input: header.payload
 	var (
