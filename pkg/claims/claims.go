@@ -26,6 +26,7 @@ var reserved = map[string]bool{
 	"iss": true, "sub": true, "aud": true, "exp": true, "nbf": true, "iat": true, "jti": true,
 	// OAuth/OIDC claims whose meaning verifiers rely on.
 	"scope": true, "client_id": true, "azp": true, "nonce": true, "auth_time": true, "acr": true, "amr": true,
+	"sid": true, "at_hash": true, "c_hash": true,
 	"cnf": true, "act": true, "may_act": true,
 	// Identity claims derived from WhoIs.
 	"email": true, "email_verified": true, "name": true, "picture": true, "preferred_username": true,

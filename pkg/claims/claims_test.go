@@ -231,3 +231,25 @@ func TestReservedClaimsDocumented(t *testing.T) {
 		t.Error("IsReserved disagrees with the list")
 	}
 }
+
+// TestTokenJSONOAuthClaims: client_id, auth_time and sid appear when set.
+func TestTokenJSONOAuthClaims(t *testing.T) {
+	now := time.Unix(1_700_000_000, 0)
+	tok := Token{Issuer: "i", Subject: "user:42", Audience: "app", IssuedAt: now, Expiry: now.Add(time.Hour),
+		ClientID: "app", AuthTime: now.Add(-time.Minute), SessionID: "s1"}
+	var got map[string]any
+	if err := json.Unmarshal(tok.AppendJSON(nil), &got); err != nil {
+		t.Fatal(err)
+	}
+	if got["client_id"] != "app" || got["auth_time"] != float64(1_700_000_000-60) || got["sid"] != "s1" {
+		t.Errorf("claims %v", got)
+	}
+	tok.ClientID, tok.AuthTime, tok.SessionID = "", time.Time{}, ""
+	got = nil
+	json.Unmarshal(tok.AppendJSON(nil), &got)
+	for _, k := range []string{"client_id", "auth_time", "sid"} {
+		if _, ok := got[k]; ok {
+			t.Errorf("unset %s is in the payload", k)
+		}
+	}
+}

@@ -20,6 +20,14 @@ type Token struct {
 	ID        string // jti
 	Scope     string // space-separated, empty for none
 
+	// ClientID is the OAuth client the token was issued to (RFC 9068
+	// "client_id"); AuthTime is when the person authenticated
+	// ("auth_time"); SessionID is the login session ("sid"). Each is left
+	// out when empty.
+	ClientID  string
+	AuthTime  time.Time
+	SessionID string
+
 	Identity *identity.Identity
 
 	// Extra are enricher claims, already validated, merged and sorted.
@@ -41,6 +49,15 @@ func (t *Token) AppendJSON(b []byte) []byte {
 	b = appendStringField(b, "jti", t.ID, false)
 	if t.Scope != "" {
 		b = appendStringField(b, "scope", t.Scope, false)
+	}
+	if t.ClientID != "" {
+		b = appendStringField(b, "client_id", t.ClientID, false)
+	}
+	if !t.AuthTime.IsZero() {
+		b = appendIntField(b, "auth_time", t.AuthTime.Unix())
+	}
+	if t.SessionID != "" {
+		b = appendStringField(b, "sid", t.SessionID, false)
 	}
 	if id := t.Identity; id != nil {
 		if !id.Tagged {
