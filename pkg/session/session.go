@@ -75,6 +75,11 @@ type Code struct {
 	AuthTime time.Time `json:"auth_time"`
 	Expires  time.Time `json:"expires"`
 
+	// Pending marks a login awaiting the person's confirmation, stored
+	// under PendingHash: it is no code, and the token endpoint refuses it.
+	Pending bool   `json:"pending,omitempty"`
+	State   string `json:"state,omitempty"`
+
 	// Redeemed is set by the first redemption, with what it issued, so
 	// that a second redemption can revoke it.
 	Redeemed  bool   `json:"redeemed,omitempty"`
@@ -148,10 +153,14 @@ type Store interface {
 	// PutCode stores a new code under its hash, until c.Expires.
 	PutCode(ctx context.Context, h Hash, c *Code) error
 	// RedeemCode marks the code redeemed, recording the family and access
-	// token the redemption issues, and returns the code. A code redeemed
-	// before is returned with ErrRedeemed and left as it was; an unknown
-	// or expired code is ErrNotFound.
-	RedeemCode(ctx context.Context, h Hash, now time.Time, familyID, accessJTI string) (*Code, error)
+	// token the redemption issues, and returns the code. check, if not
+	// nil, runs first on the unredeemed code: if it fails (wrong client,
+	// redirect URI or PKCE verifier), the code stays unredeemed and
+	// check's error is returned. A code redeemed before is returned with
+	// ErrRedeemed and left as it was; an unknown or expired code is
+	// ErrNotFound. check may run more than once and must not have side
+	// effects.
+	RedeemCode(ctx context.Context, h Hash, now time.Time, familyID, accessJTI string, check func(*Code) error) (*Code, error)
 
 	// PutFamily stores a new family.
 	PutFamily(ctx context.Context, f *Family) error
@@ -171,19 +180,37 @@ type Store interface {
 	Close() error
 }
 
-// RefreshToken is the refresh token a client holds: the family ID and the
-// secret, "rt1.<family>.<secret>". The family ID lets the store find the
-// session; only the secret's hash is stored.
-func RefreshToken(familyID, secret string) string { return "rt1." + familyID + "." + secret }
+// A refresh token is "rt1.<handle>.<secret>": the handle finds the
+// family, the secret proves the holder has its newest token. The family's
+// ID (its key in the store, and the ID token's "sid") is the hash of the
+// handle, so that an ID token, a log line or a copy of the store, all of
+// which carry the family ID, give nobody a refresh token's handle.
 
-// ParseRefreshToken splits a refresh token into family ID and secret.
-func ParseRefreshToken(tok string) (familyID, secret string, err error) {
+// RefreshToken returns the refresh token for handle and secret.
+func RefreshToken(handle, secret string) string { return "rt1." + handle + "." + secret }
+
+// ParseRefreshToken splits a refresh token into handle and secret.
+func ParseRefreshToken(tok string) (handle, secret string, err error) {
 	rest, ok := strings.CutPrefix(tok, "rt1.")
 	if ok {
-		familyID, secret, ok = strings.Cut(rest, ".")
+		handle, secret, ok = strings.Cut(rest, ".")
 	}
-	if !ok || len(familyID) != 22 || len(secret) != 43 {
+	if !ok || len(handle) != 22 || len(secret) != 43 {
 		return "", "", fmt.Errorf("%w: malformed refresh token", ErrNotFound)
 	}
-	return familyID, secret, nil
+	return handle, secret, nil
 }
+
+// FamilyID returns the ID of the family a refresh token handle belongs to.
+func FamilyID(handle string) string {
+	sum := sha256.Sum256([]byte("tsidp family " + handle))
+	return base64.RawURLEncoding.EncodeToString(sum[:])
+}
+
+// CodeHash is the key of an authorization code in the store, and
+// PendingHash that of a login awaiting confirmation: distinct inputs, so
+// that neither can be presented as the other.
+func CodeHash(code string) Hash { return HashOf("tsidp code " + code) }
+
+// PendingHash: see CodeHash.
+func PendingHash(token string) Hash { return HashOf("tsidp pending " + token) }

@@ -22,6 +22,12 @@ func TestRefreshToken(t *testing.T) {
 	if NewSecret() == NewSecret() || len(NewSecret()) != 43 || len(NewID()) != 22 {
 		t.Error("secrets are not random 256-bit values, or IDs not 128-bit")
 	}
+	if FamilyID(id) == id || FamilyID(id) != FamilyID(id) || strings.Contains(FamilyID(id), id) {
+		t.Error("FamilyID is not a deterministic one-way function of the handle")
+	}
+	if CodeHash("x") == PendingHash("x") {
+		t.Error("a code and a pending login share a key")
+	}
 }
 
 func TestFamilyEnded(t *testing.T) {

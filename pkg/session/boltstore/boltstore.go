@@ -154,7 +154,7 @@ func (s *Store) PutCode(ctx context.Context, h session.Hash, c *session.Code) er
 }
 
 // RedeemCode implements session.Store.
-func (s *Store) RedeemCode(ctx context.Context, h session.Hash, now time.Time, familyID, accessJTI string) (*session.Code, error) {
+func (s *Store) RedeemCode(ctx context.Context, h session.Hash, now time.Time, familyID, accessJTI string, check func(*session.Code) error) (*session.Code, error) {
 	var out *session.Code
 	var outErr error
 	err := s.batch(ctx, func(tx *bolt.Tx) error {
@@ -170,6 +170,12 @@ func (s *Store) RedeemCode(ctx context.Context, h session.Hash, now time.Time, f
 		case c.Redeemed:
 			out, outErr = c, session.ErrRedeemed
 			return nil
+		}
+		if check != nil {
+			if err := check(c); err != nil {
+				out, outErr = c, err
+				return nil
+			}
 		}
 		c.Redeemed, c.FamilyID, c.AccessJTI = true, familyID, accessJTI
 		out = c

@@ -82,10 +82,21 @@ func testCodeRedeemedOnce(t *testing.T, open func() session.Store) {
 	if err := st.PutCode(ctx, h, want); err != nil {
 		t.Fatal(err)
 	}
+	// A redemption whose check fails (a wrong PKCE verifier, say) leaves
+	// the code to its rightful redeemer.
+	errWrongVerifier := errors.New("wrong verifier")
+	if got, err := st.RedeemCode(ctx, h, t0, "fam-x", "jti-x", func(c *session.Code) error {
+		if c.ClientID != "app" {
+			t.Errorf("check saw %+v", c)
+		}
+		return errWrongVerifier
+	}); !errors.Is(err, errWrongVerifier) || got == nil || got.Redeemed {
+		t.Errorf("failed check: %+v, %v; want the check's error and the code unredeemed", got, err)
+	}
 	if err := st.PutCode(ctx, h, code()); !errors.Is(err, session.ErrExists) {
 		t.Errorf("PutCode of a taken hash = %v, want ErrExists", err)
 	}
-	got, err := st.RedeemCode(ctx, h, t0.Add(time.Second), "fam-1", "jti-1")
+	got, err := st.RedeemCode(ctx, h, t0.Add(time.Second), "fam-1", "jti-1", nil)
 	if err != nil {
 		t.Fatalf("first redemption: %v", err)
 	}
@@ -93,11 +104,11 @@ func testCodeRedeemedOnce(t *testing.T, open func() session.Store) {
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("redeemed code:\n got %+v\nwant %+v", got, want)
 	}
-	again, err := st.RedeemCode(ctx, h, t0.Add(2*time.Second), "fam-2", "jti-2")
+	again, err := st.RedeemCode(ctx, h, t0.Add(2*time.Second), "fam-2", "jti-2", nil)
 	if !errors.Is(err, session.ErrRedeemed) || again == nil || again.FamilyID != "fam-1" || again.AccessJTI != "jti-1" {
 		t.Errorf("second redemption = %+v, %v; want ErrRedeemed naming what the first issued", again, err)
 	}
-	if _, err := st.RedeemCode(ctx, session.HashOf("never issued"), t0, "f", "j"); !errors.Is(err, session.ErrNotFound) {
+	if _, err := st.RedeemCode(ctx, session.HashOf("never issued"), t0, "f", "j", nil); !errors.Is(err, session.ErrNotFound) {
 		t.Errorf("unknown code: %v, want ErrNotFound", err)
 	}
 }
@@ -109,7 +120,7 @@ func testCodeExpires(t *testing.T, open func() session.Store) {
 	if err := st.PutCode(ctx, h, c); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := st.RedeemCode(ctx, h, c.Expires, "f", "j"); !errors.Is(err, session.ErrNotFound) {
+	if _, err := st.RedeemCode(ctx, h, c.Expires, "f", "j", nil); !errors.Is(err, session.ErrNotFound) {
 		t.Errorf("redeeming at expiry: %v, want ErrNotFound", err)
 	}
 }
@@ -124,7 +135,7 @@ func testCodeRedeemedConcurrently(t *testing.T, open func() session.Store) {
 	var wg sync.WaitGroup
 	errs := make([]error, n)
 	for i := range n {
-		wg.Go(func() { _, errs[i] = st.RedeemCode(ctx, h, t0, "fam", "jti") })
+		wg.Go(func() { _, errs[i] = st.RedeemCode(ctx, h, t0, "fam", "jti", nil) })
 	}
 	wg.Wait()
 	ok := 0
@@ -245,7 +256,7 @@ func testDurable(t *testing.T, open func() session.Store) {
 		t.Fatal(err)
 	}
 	st = openClosed(t, open)
-	if _, err := st.RedeemCode(ctx, h, t0, "f", "j"); err != nil {
+	if _, err := st.RedeemCode(ctx, h, t0, "f", "j", nil); err != nil {
 		t.Errorf("code after reopening: %v", err)
 	}
 	if got, err := st.Family(ctx, "fam-d"); err != nil || got.Generation != 1 || !got.Current.Equal(session.HashOf("secret-d1")) {
