@@ -20,6 +20,7 @@ import (
 	"tailscale.com/types/logger"
 
 	"github.com/tsidp/tsidp/internal/httpsrv"
+	"github.com/tsidp/tsidp/internal/oauthhttp"
 	"github.com/tsidp/tsidp/pkg/identity"
 	"github.com/tsidp/tsidp/pkg/issue"
 	"github.com/tsidp/tsidp/pkg/keys"
@@ -78,11 +79,8 @@ type Server struct {
 	readyState map[string]string // check name → last status seen, for logging changes
 }
 
-// Limits on what a caller can make the server read.
-const (
-	maxFormBytes   = 16 << 10
-	maxHeaderBytes = 16 << 10
-)
+// maxHeaderBytes bounds a request's headers.
+const maxHeaderBytes = 16 << 10
 
 // New validates cfg and builds the server.
 func New(cfg Config) (*Server, error) {
@@ -135,10 +133,10 @@ func (s *Server) routes() chi.Router {
 		if a := allowed[r.URL.Path]; a != "" {
 			w.Header().Set("Allow", a)
 		}
-		writeError(w, http.StatusMethodNotAllowed, "invalid_request", "method "+r.Method+" is not allowed here")
+		oauthhttp.WriteError(w, http.StatusMethodNotAllowed, "invalid_request", "method "+r.Method+" is not allowed here")
 	})
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, "invalid_request", "no such endpoint")
+		oauthhttp.WriteError(w, http.StatusNotFound, "invalid_request", "no such endpoint")
 	})
 	return r
 }

@@ -3,14 +3,15 @@ package server
 import (
 	"errors"
 	"fmt"
-	"mime"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/tsidp/tsidp/internal/duration"
+	"github.com/tsidp/tsidp/internal/oauthhttp"
 	"github.com/tsidp/tsidp/pkg/claims"
 	"github.com/tsidp/tsidp/pkg/issue"
 	"github.com/tsidp/tsidp/pkg/keys"
@@ -32,29 +33,9 @@ var (
 	hvNoCache = []string{"no-cache"}
 )
 
-// parseTokenRequest reads and checks the form. Only the body counts: query
-// parameters are ignored, and a parameter given twice is an error (RFC 6749 §3.2).
-func parseTokenRequest(w http.ResponseWriter, r *http.Request) (issue.Request, *issue.Refusal) {
-	ct, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
-	if err != nil || ct != "application/x-www-form-urlencoded" {
-		return issue.Request{}, issue.InvalidRequest("Content-Type must be application/x-www-form-urlencoded")
-	}
-	r.Body = http.MaxBytesReader(w, r.Body, maxFormBytes)
-	if err := r.ParseForm(); err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			ref := issue.InvalidRequest(fmt.Sprintf("request body is over %d bytes", maxFormBytes))
-			ref.Status = http.StatusRequestEntityTooLarge
-			return issue.Request{}, ref
-		}
-		return issue.Request{}, issue.InvalidRequest("malformed form body")
-	}
-	form := r.PostForm
-	for k, v := range form {
-		if len(v) > 1 {
-			return issue.Request{}, issue.InvalidRequest(fmt.Sprintf("parameter %q is given more than once", k))
-		}
-	}
+// parseTokenRequest checks a client_credentials (or grant-less) token
+// request's form.
+func parseTokenRequest(form url.Values) (issue.Request, *issue.Refusal) {
 	switch gt := form.Get("grant_type"); gt {
 	case "", "client_credentials":
 	default:
@@ -112,18 +93,16 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.metrics.requests.Add(ref.Code, 1)
-	switch ref.Status {
-	case http.StatusUnauthorized:
-		w.Header().Set("WWW-Authenticate", `Tailscale realm="tailnet"`)
-	case http.StatusServiceUnavailable:
-		w.Header().Set("Retry-After", "1")
-	}
-	writeError(w, ref.Status, ref.Code, ref.Description)
+	oauthhttp.Refuse(w, ref, `Tailscale realm="tailnet"`)
 }
 
 // issueToken answers with a token, or returns why not without answering.
 func (s *Server) issueToken(w http.ResponseWriter, r *http.Request) *issue.Refusal {
-	req, ref := parseTokenRequest(w, r)
+	form, ref := oauthhttp.ReadForm(w, r)
+	if ref != nil {
+		return ref
+	}
+	req, ref := parseTokenRequest(form)
 	if ref != nil {
 		return ref
 	}
@@ -176,20 +155,4 @@ func (s *Server) respondWithToken(w http.ResponseWriter, t *claims.Token, alg ke
 	h["Pragma"] = hvNoCache
 	w.Write(b)
 	return nil
-}
-
-// writeError writes an RFC 6749 §5.2 JSON error.
-func writeError(w http.ResponseWriter, status int, code, desc string) {
-	h := w.Header()
-	h.Set("Content-Type", "application/json")
-	h.Set("Cache-Control", "no-store")
-	h.Set("Pragma", "no-cache")
-	w.WriteHeader(status)
-	b := make([]byte, 0, 64+len(desc))
-	b = append(b, `{"error":`...)
-	b = claims.AppendQuoted(b, code)
-	b = append(b, `,"error_description":`...)
-	b = claims.AppendQuoted(b, desc)
-	b = append(b, "}\n"...)
-	w.Write(b)
 }
