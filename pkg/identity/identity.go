@@ -129,6 +129,11 @@ func FromWhoIs(who *apitype.WhoIsResponse, ownTailnet string) (*Identity, error)
 	if n.StableID == "" {
 		return nil, fmt.Errorf("%w: node without a stable ID", ErrUnavailable)
 	}
+	if n.Expired {
+		// Logged out, or its key expired: no longer a node of the
+		// tailnet, whatever tailscaled still remembers of it.
+		return nil, fmt.Errorf("%w: node %s's key has expired", ErrUnknownPeer, n.StableID)
+	}
 	id := &Identity{
 		NodeName:  strings.TrimSuffix(n.Name, "."),
 		NodeID:    string(n.StableID),

@@ -96,3 +96,14 @@ func TestRulesTailnet(t *testing.T) {
 		t.Errorf("other tailnet: %v", err)
 	}
 }
+
+// TestFromWhoIsExpired: a node whose key expired (or that logged out) is
+// no node of the tailnet any more. (testcontrol cannot expire a key on
+// demand, so this is the unit-level check.)
+func TestFromWhoIsExpired(t *testing.T) {
+	w := whois("laptop.tail1.ts.net.", nil, 0, alice)
+	w.Node.Expired = true
+	if id, err := FromWhoIs(w, "tail1.ts.net"); !errors.Is(err, ErrUnknownPeer) || id != nil {
+		t.Errorf("expired node: %+v, %v; want ErrUnknownPeer", id, err)
+	}
+}
