@@ -43,17 +43,17 @@ func runningManager(t *testing.T, stateDir string) *keys.Manager {
 }
 
 // serveAdmin serves m's admin API on stateDir/admin.sock until the test
-// ends.
+// ends, with the server the daemon uses.
 func serveAdmin(t *testing.T, stateDir string, m *keys.Manager) {
 	t.Helper()
 	ln, err := admin.Listen(filepath.Join(stateDir, "admin.sock"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
+	srv := admin.NewServer(admin.Config{Keys: m, Logf: t.Logf})
 	done := make(chan struct{})
-	go func() { admin.Serve(ctx, ln, admin.Handler(admin.Config{Keys: m, Logf: t.Logf})); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
+	go func() { srv.Serve(ln); close(done) }()
+	t.Cleanup(func() { srv.Shutdown(context.Background()); <-done })
 }
 
 func nextKID(m *keys.Manager, alg keys.Algorithm) string {

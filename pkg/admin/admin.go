@@ -100,6 +100,25 @@ func Handler(cfg Config) http.Handler {
 	return r
 }
 
+// Timeouts of the admin server. Writes get long: a rotation generates
+// RSA keys before it answers.
+const (
+	readHeaderTimeout = 5 * time.Second
+	readTimeout       = 30 * time.Second
+	writeTimeout      = 90 * time.Second
+)
+
+// NewServer returns the HTTP server of the admin API, which the daemon
+// serves on the listener Listen returns (and so do the tests).
+func NewServer(cfg Config) *http.Server {
+	return &http.Server{
+		Handler:           Handler(cfg),
+		ReadHeaderTimeout: readHeaderTimeout,
+		ReadTimeout:       readTimeout,
+		WriteTimeout:      writeTimeout,
+	}
+}
+
 // api serves the admin routes.
 type api struct{ cfg Config }
 
@@ -362,20 +381,4 @@ func peerUID(c *net.UnixConn) (int, error) {
 		return -1, cerr
 	}
 	return int(cred.Uid), nil
-}
-
-// Serve serves h on ln until ctx ends.
-func Serve(ctx context.Context, ln net.Listener, h http.Handler) error {
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 60 * time.Second}
-	go func() {
-		<-ctx.Done()
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(sctx)
-	}()
-	err := srv.Serve(ln)
-	if errors.Is(err, http.ErrServerClosed) {
-		return nil
-	}
-	return err
 }

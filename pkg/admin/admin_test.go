@@ -28,7 +28,7 @@ func startAdmin(t *testing.T) (sock string, m *keys.Manager) {
 	p := keys.Policy{Algorithms: []keys.Algorithm{keys.ES256, keys.EdDSA}, JWKSMaxAge: time.Second, ClockSkew: time.Second}
 	p.Provision()
 	m = newManager(t, newStore(t, nil), p, time.Now)
-	return serve(t, Handler(Config{Keys: m, Version: "test", Logf: t.Logf})), m
+	return serve(t, Config{Keys: m, Version: "test", Logf: t.Logf}), m
 }
 
 func TestSocketMode(t *testing.T) {
@@ -347,5 +347,16 @@ func TestListenRefusesUnsafeDir(t *testing.T) {
 		if _, err := os.Lstat(filepath.Join(tc.dir, "admin.sock")); !os.IsNotExist(err) {
 			t.Errorf("Listen in %s created the socket (%v)", tc.dir, err)
 		}
+	}
+}
+
+// TestServerOutlastsClient: the admin server, as the daemon and these
+// tests run it, lets a slow answer (a rotation generating RSA keys) run
+// longer than the client waits, so the client, not the server, gives up,
+// and a request header cannot hold a connection open for long.
+func TestServerOutlastsClient(t *testing.T) {
+	srv := NewServer(Config{})
+	if srv.WriteTimeout <= clientTimeout || srv.ReadTimeout <= 0 || srv.ReadHeaderTimeout <= 0 || srv.ReadHeaderTimeout > 10*time.Second {
+		t.Errorf("admin server timeouts: write %v (client %v), read %v, header %v", srv.WriteTimeout, clientTimeout, srv.ReadTimeout, srv.ReadHeaderTimeout)
 	}
 }

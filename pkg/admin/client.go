@@ -46,12 +46,17 @@ type Client struct {
 	hc   *http.Client
 }
 
+// clientTimeout bounds a request: RSA key generation during rotation can
+// take a moment. The server's write timeout is longer, so that the client
+// gives up first.
+const clientTimeout = 60 * time.Second
+
 // NewClient returns a client for the socket at path.
 func NewClient(path string) *Client {
 	return &Client{
 		path: path,
 		hc: &http.Client{
-			Timeout: 60 * time.Second, // RSA key generation during rotation can take a moment
+			Timeout: clientTimeout,
 			Transport: &http.Transport{
 				DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 					return dialTrusted(ctx, path)

@@ -10,6 +10,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -49,10 +50,10 @@ func newStore(t *testing.T, set *keys.Set) keys.Store {
 	return st
 }
 
-// serve serves h on a new admin socket until the test ends, through the
-// function the daemon serves its admin socket with, and returns the
-// socket's path.
-func serve(t *testing.T, h http.Handler) string {
+// serve serves the admin API of cfg on a new socket until the test ends,
+// with the server and listener the daemon uses, and returns the socket's
+// path.
+func serve(t *testing.T, cfg Config) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "adm-")
 	if err != nil {
@@ -64,10 +65,15 @@ func serve(t *testing.T, h http.Handler) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { Serve(ctx, ln, h); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
+	srv := NewServer(cfg)
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ln) }()
+	t.Cleanup(func() {
+		srv.Shutdown(context.Background())
+		if err := <-done; !errors.Is(err, http.ErrServerClosed) {
+			t.Errorf("admin server: %v", err)
+		}
+	})
 	return sock
 }
 
@@ -83,7 +89,7 @@ var administrationPaths = []struct {
 		return newManager(t, st, p, now)
 	}},
 	{"admin socket", func(t *testing.T, st keys.Store, p keys.Policy, now func() time.Time) keys.Administrator {
-		return NewClient(serve(t, Handler(Config{Keys: newManager(t, st, p, now), Logf: t.Logf})))
+		return NewClient(serve(t, Config{Keys: newManager(t, st, p, now), Logf: t.Logf}))
 	}},
 	{"offline", func(t *testing.T, st keys.Store, p keys.Policy, now func() time.Time) keys.Administrator {
 		return keys.NewOffline(st, p, now)
@@ -239,7 +245,7 @@ func TestOpenKeys(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	sock = serve(t, Handler(Config{Keys: newManager(t, st, p, time.Now)}))
+	sock = serve(t, Config{Keys: newManager(t, st, p, time.Now)})
 	k, err = OpenKeys(ctx, sock, p, open)
 	if err != nil || !k.Daemon || opened != 1 {
 		t.Fatalf("with a daemon: %+v, %v, store opened %d times", k, err, opened)

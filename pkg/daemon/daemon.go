@@ -215,7 +215,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 	// closes it too; closing twice is fine). Removing the path afterwards
 	// could remove a successor's socket.
 	d.closers = append(d.closers, func() { aln.Close() })
-	ah := admin.Handler(admin.Config{
+	d.serveHTTP(admin.NewServer(admin.Config{
 		Keys:    d.keys,
 		Version: opts.Version,
 		Issuer:  d.issuer,
@@ -234,8 +234,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 		},
 		StoreHealth: d.stores.check,
 		Logf:        logf,
-	})
-	d.serveHTTP(&http.Server{Handler: ah, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 90 * time.Second}, aln)
+	}), aln)
 
 	if cfg.Admin.MetricsListen != "" {
 		mln, err := net.Listen("tcp", cfg.Admin.MetricsListen)
