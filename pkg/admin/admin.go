@@ -26,6 +26,7 @@ import (
 	"github.com/go-chi/chi/v5"
 	"golang.org/x/sys/unix"
 
+	"github.com/tsidp/tsidp/internal/httpsrv"
 	"github.com/tsidp/tsidp/pkg/keys"
 )
 
@@ -103,20 +104,14 @@ func Handler(cfg Config) http.Handler {
 // Timeouts of the admin server. Writes get long: a rotation generates
 // RSA keys before it answers.
 const (
-	readHeaderTimeout = 5 * time.Second
-	readTimeout       = 30 * time.Second
-	writeTimeout      = 90 * time.Second
+	readTimeout  = 30 * time.Second
+	writeTimeout = 90 * time.Second
 )
 
 // NewServer returns the HTTP server of the admin API, which the daemon
 // serves on the listener Listen returns (and so do the tests).
 func NewServer(cfg Config) *http.Server {
-	return &http.Server{
-		Handler:           Handler(cfg),
-		ReadHeaderTimeout: readHeaderTimeout,
-		ReadTimeout:       readTimeout,
-		WriteTimeout:      writeTimeout,
-	}
+	return httpsrv.New(Handler(cfg), httpsrv.Options{ReadTimeout: readTimeout, WriteTimeout: writeTimeout})
 }
 
 // api serves the admin routes.
