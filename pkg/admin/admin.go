@@ -25,6 +25,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 	"golang.org/x/sys/unix"
+	"tailscale.com/types/logger"
 
 	"github.com/tsidp/tsidp/internal/httpsrv"
 	"github.com/tsidp/tsidp/pkg/keys"
@@ -54,7 +55,7 @@ type Config struct {
 	Plugins func() any
 	// StoreHealth reports the key store's health, or nil.
 	StoreHealth func(context.Context) error
-	Logf        func(string, ...any)
+	Logf        logger.Logf
 }
 
 // KeysResponse is the answer of the key endpoints: the keys after the
@@ -87,7 +88,7 @@ type RevokeRequest struct {
 // keys.Administrator operation, and the daemon's status.
 func Handler(cfg Config) http.Handler {
 	if cfg.Logf == nil {
-		cfg.Logf = func(string, ...any) {}
+		cfg.Logf = logger.Discard
 	}
 	a := &api{cfg}
 	r := chi.NewRouter()

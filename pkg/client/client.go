@@ -53,15 +53,15 @@ type Error struct {
 
 func (e *Error) Error() string {
 	if e.Description == "" {
-		return fmt.Sprintf("tsidp: %s (HTTP %d)", e.Code, e.Status)
+		return fmt.Sprintf("client: %s (HTTP %d)", e.Code, e.Status)
 	}
-	return fmt.Sprintf("tsidp: %s: %s (HTTP %d)", e.Code, e.Description, e.Status)
+	return fmt.Sprintf("client: %s: %s (HTTP %d)", e.Code, e.Description, e.Status)
 }
 
 // Token asks for a token.
 func (c *Client) Token(ctx context.Context, r Request) (*Token, error) {
 	if r.Audience == "" {
-		return nil, errors.New("tsidp: an audience is required")
+		return nil, errors.New("client: an audience is required")
 	}
 	form := url.Values{"grant_type": {"client_credentials"}, "audience": {r.Audience}}
 	if r.Scope != "" {
@@ -75,7 +75,7 @@ func (c *Client) Token(ctx context.Context, r Request) (*Token, error) {
 	}
 	req, err := http.NewRequestWithContext(ctx, "POST", strings.TrimSuffix(c.URL, "/")+"/token", strings.NewReader(form.Encode()))
 	if err != nil {
-		return nil, fmt.Errorf("tsidp: %w", err)
+		return nil, fmt.Errorf("client: %w", err)
 	}
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	req.Header.Set("Accept", "application/json")
@@ -91,12 +91,12 @@ func (c *Client) Token(ctx context.Context, r Request) (*Token, error) {
 	start := time.Now()
 	res, err := hc.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("tsidp: %w", err)
+		return nil, fmt.Errorf("client: %w", err)
 	}
 	defer res.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(res.Body, 1<<20))
 	if err != nil {
-		return nil, fmt.Errorf("tsidp: reading answer: %w", err)
+		return nil, fmt.Errorf("client: reading answer: %w", err)
 	}
 	if res.StatusCode != http.StatusOK {
 		e := &Error{Status: res.StatusCode}
@@ -108,7 +108,7 @@ func (c *Client) Token(ctx context.Context, r Request) (*Token, error) {
 	}
 	var t Token
 	if err := json.Unmarshal(body, &t); err != nil || t.AccessToken == "" {
-		return nil, fmt.Errorf("tsidp: malformed token answer")
+		return nil, fmt.Errorf("client: malformed token answer")
 	}
 	t.Expiry = start.Add(time.Duration(t.ExpiresIn) * time.Second)
 	return &t, nil
@@ -141,7 +141,7 @@ func (s *TokenSource) Token(ctx context.Context) (*Token, error) {
 	select {
 	case s.fetching <- struct{}{}:
 	case <-ctx.Done():
-		return nil, fmt.Errorf("tsidp: waiting for a token: %w", ctx.Err())
+		return nil, fmt.Errorf("client: waiting for a token: %w", ctx.Err())
 	}
 	defer func() { <-s.fetching }()
 	// The fetch we waited for may have left a fresh token.

@@ -86,7 +86,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 		return nil, fmt.Errorf("daemon: state dir: %w", err)
 	}
 	if err := admin.CheckDir("state dir", cfg.StateDir); err != nil {
-		return nil, fmt.Errorf("tsidp: %w", err)
+		return nil, err
 	}
 	kp, err := cfg.KeyPolicy()
 	if err != nil {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"tailscale.com/metrics"
+	"tailscale.com/types/logger"
 
 	"github.com/tsidp/tsidp/pkg/config"
 	"github.com/tsidp/tsidp/pkg/keys"
@@ -20,14 +21,14 @@ import (
 // openStore opens the key store the configuration names (see
 // config.KeyStore). With etcd it fails within keys.etcd.dial_timeout if etcd
 // does not answer.
-func openStore(ctx context.Context, cfg *config.Config, logf func(string, ...any)) (keys.Store, error) {
+func openStore(ctx context.Context, cfg *config.Config, logf logger.Logf) (keys.Store, error) {
 	sc, err := cfg.KeyStore()
 	if err != nil {
-		return nil, fmt.Errorf("tsidp: %w", err)
+		return nil, err
 	}
 	st, err := sc.Open(ctx, keys.OpenOptions{Logf: logf})
 	if err != nil {
-		return nil, fmt.Errorf("tsidp: key store: %w", err)
+		return nil, fmt.Errorf("daemon: key store: %w", err)
 	}
 	return st, nil
 }
@@ -49,7 +50,7 @@ type storeState struct {
 	health   keys.HealthChecker // nil: the store is always reachable
 	election atomic.Pointer[keys.Election]
 	keys     *keys.Manager
-	logf     func(string, ...any)
+	logf     logger.Logf
 
 	healthy    atomic.Bool
 	downSince  atomic.Int64 // unix nanoseconds of the first failed probe; 0 when healthy
@@ -59,7 +60,7 @@ type storeState struct {
 	stopHealth context.CancelFunc
 }
 
-func newStoreState(st keys.Store, logf func(string, ...any)) *storeState {
+func newStoreState(st keys.Store, logf logger.Logf) *storeState {
 	s := &storeState{st: st, logf: logf}
 	s.elector, _ = st.(keys.Elector)
 	s.health, _ = st.(keys.HealthChecker)
@@ -149,15 +150,15 @@ func (s *storeState) record(err error) {
 		s.failures.Add(1)
 		if was {
 			s.downSince.Store(time.Now().UnixNano())
-			s.logf("tsidp: key store unreachable; still signing and publishing key set version %d, no rotation until it is back: %v", s.keys.Version(), err)
+			s.logf("daemon: key store unreachable; still signing and publishing key set version %d, no rotation until it is back: %v", s.keys.Version(), err)
 		}
 	case !was:
 		down := time.Since(time.Unix(0, s.downSince.Load())).Round(time.Second)
 		s.downSince.Store(0)
-		s.logf("tsidp: key store reachable again after %v", down)
+		s.logf("daemon: key store reachable again after %v", down)
 		rctx, cancel := context.WithTimeout(context.Background(), storeHealthTimeout)
 		if err := s.keys.Reload(rctx); err != nil {
-			s.logf("tsidp: reloading keys after the store came back: %v", err)
+			s.logf("daemon: reloading keys after the store came back: %v", err)
 		}
 		cancel()
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/tsidp/tsidp/internal/crashtest"
+	"tailscale.com/types/logger"
 )
 
 // Manager holds the key set of a running tsidp: it signs tokens, serves the
@@ -26,7 +27,7 @@ import (
 type Manager struct {
 	st   Store
 	p    Policy
-	logf func(format string, args ...any)
+	logf logger.Logf
 
 	shouldRotate func() bool
 	now          func() time.Time
@@ -128,12 +129,12 @@ func WithClock(now func() time.Time) ManagerOption {
 // defaults, because zero can be meaningful (RotationPeriod). logf, which
 // may be nil, receives one line per key event; lines name keys by kid and
 // never hold private material.
-func NewManager(ctx context.Context, st Store, p Policy, logf func(format string, args ...any), opts ...ManagerOption) (*Manager, error) {
+func NewManager(ctx context.Context, st Store, p Policy, logf logger.Logf, opts ...ManagerOption) (*Manager, error) {
 	if err := p.Validate(); err != nil {
 		return nil, err
 	}
 	if logf == nil {
-		logf = func(string, ...any) {}
+		logf = logger.Discard
 	}
 	p.Algorithms = slices.Clone(p.Algorithms)
 	m := &Manager{

@@ -49,14 +49,11 @@ const maxPolicyDuration = 10 * 365 * 24 * time.Hour
 // While it is there, listing shows the key and importing it again fails.
 const RevokedRetention = 90 * 24 * time.Hour
 
-// DefaultAlgorithms returns the algorithms Provision configures when none
-// are given.
-func DefaultAlgorithms() []Algorithm { return []Algorithm{ES256, RS256, EdDSA} }
 
 // Provision fills zero fields with their defaults.
 func (p *Policy) Provision() {
 	if len(p.Algorithms) == 0 {
-		p.Algorithms = DefaultAlgorithms()
+		p.Algorithms = Algorithms() // all of them
 	}
 	if p.RotationPeriod == 0 {
 		p.RotationPeriod = DefaultRotationPeriod

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/tsidp/tsidp/internal/crashtest"
+	"tailscale.com/types/logger"
 )
 
 // Store persists one key Set with a version for compare-and-swap. It is
@@ -55,7 +56,7 @@ type ElectionConfig struct {
 	OnChange func(leader bool)
 	// Logf receives leadership changes and campaign errors; nil means the
 	// store's.
-	Logf func(format string, args ...any)
+	Logf logger.Logf
 }
 
 // Election is one campaign of an Elector.
@@ -92,7 +93,7 @@ type OpenOptions struct {
 	MustExist bool
 	// Logf receives the store's rare operational messages (never key
 	// material); nil discards them.
-	Logf func(format string, args ...any)
+	Logf logger.Logf
 }
 
 // ErrNoKeySet means a store opened with OpenOptions.MustExist holds no key

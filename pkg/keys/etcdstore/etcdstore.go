@@ -40,6 +40,7 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"tailscale.com/types/logger"
 
 	"github.com/tsidp/tsidp/internal/crashtest"
 	"github.com/tsidp/tsidp/pkg/keys"
@@ -85,7 +86,7 @@ type Config struct {
 	ElectionTTL time.Duration
 	// Logf receives rare operational messages (watch restarts); nil
 	// discards them. Lines never hold key material.
-	Logf func(format string, args ...any)
+	Logf logger.Logf
 }
 
 // Store is a keys.Store on etcd, with the keys.Watcher, keys.Elector and
@@ -96,7 +97,7 @@ type Store struct {
 	key       string
 	sealer    keys.Sealer
 	endpoints string // for messages
-	logf      func(string, ...any)
+	logf      logger.Logf
 	opTimeout time.Duration
 	electTTL  time.Duration
 
@@ -136,7 +137,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		cfg.ElectionTTL = DefaultElectionTTL
 	}
 	if cfg.Logf == nil {
-		cfg.Logf = func(string, ...any) {}
+		cfg.Logf = logger.Discard
 	}
 	eps, err := normalizeEndpoints(cfg.Endpoints, cfg.TLS != nil)
 	if err != nil {

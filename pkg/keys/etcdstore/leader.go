@@ -10,6 +10,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
+	"tailscale.com/types/logger"
 
 	"github.com/tsidp/tsidp/pkg/keys"
 )
@@ -44,7 +45,7 @@ type Elector struct {
 	s    *Store
 	cfg  keys.ElectionConfig
 	ttl  int // seconds
-	logf func(string, ...any)
+	logf logger.Logf
 
 	leader atomic.Bool
 	gained atomic.Int64 // times leadership was gained
