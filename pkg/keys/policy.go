@@ -49,7 +49,6 @@ const maxPolicyDuration = 10 * 365 * 24 * time.Hour
 // While it is there, listing shows the key and importing it again fails.
 const RevokedRetention = 90 * 24 * time.Hour
 
-
 // Provision fills zero fields with their defaults.
 func (p *Policy) Provision() {
 	if len(p.Algorithms) == 0 {
