@@ -59,6 +59,13 @@ type Daemon struct {
 	plugins *plugin.Manager // nil without plugins
 	srv     *server.Server
 
+	// Built up by Start's steps.
+	keyPolicy keys.Policy
+	listeners []net.Listener
+	enrichers []claims.Enricher
+	checks    []server.Check
+
+	runCtx    context.Context // ends with Close
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
 	closers   []func()
@@ -68,148 +75,193 @@ type Daemon struct {
 }
 
 // Start brings tsidp up and returns once it is serving. cfg must have been
-// provisioned and validated.
+// provisioned and validated. It runs the steps in order; if one fails,
+// what the earlier ones started is stopped again.
 func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, err error) {
 	logf := opts.Logf
 	if logf == nil {
 		logf = func(format string, args ...any) { fmt.Fprintf(os.Stderr, format+"\n", args...) }
 	}
 	runCtx, cancel := context.WithCancel(context.Background())
-	d := &Daemon{cfg: cfg, opts: opts, logf: logf, cancel: cancel, serveErrs: make(chan error, 8)}
+	d := &Daemon{cfg: cfg, opts: opts, logf: logf, runCtx: runCtx, cancel: cancel, serveErrs: make(chan error, 8)}
 	defer func() {
 		if err != nil {
 			d.Close()
 		}
 	}()
+	for _, step := range []func(context.Context) error{
+		d.checkStateDir,
+		d.startKeys, // first: if the store is unusable there is nothing to serve
+		d.startIdentity,
+		d.startEnrichers,
+		d.startIssuer,
+		d.startAdmin,
+		d.startMetrics,
+	} {
+		if err := step(ctx); err != nil {
+			return nil, err
+		}
+	}
+	logf("tsidp: serving issuer %s (backend %s, store %s) on %s", d.issuer, cfg.Backend, cfg.Keys.Store, strings.Join(addrStrings(d.addrs), ", "))
+	return d, nil
+}
 
-	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
-		return nil, fmt.Errorf("daemon: state dir: %w", err)
+// checkStateDir creates the state dir, and refuses one that others could
+// write to (they could replace the admin socket).
+func (d *Daemon) checkStateDir(context.Context) error {
+	if err := os.MkdirAll(d.cfg.StateDir, 0o700); err != nil {
+		return fmt.Errorf("daemon: state dir: %w", err)
 	}
-	if err := admin.CheckDir("state dir", cfg.StateDir); err != nil {
-		return nil, err
-	}
-	kp, err := cfg.KeyPolicy()
-	if err != nil {
-		return nil, err
-	}
-	pol, err := cfg.AudienceRegistry()
-	if err != nil {
-		return nil, err
-	}
+	return admin.CheckDir("state dir", d.cfg.StateDir)
+}
 
-	// Keys first: if the store is unusable there is nothing to serve.
-	d.store, err = openStore(ctx, cfg, logf)
+// startKeys opens the key store and starts the key manager, with leader
+// election and health probes where the store has them.
+func (d *Daemon) startKeys(ctx context.Context) error {
+	kp, err := d.cfg.KeyPolicy()
 	if err != nil {
-		return nil, err
+		return err
+	}
+	d.keyPolicy = kp
+	if d.store, err = openStore(ctx, d.cfg, d.logf); err != nil {
+		return err
 	}
 	// Closing the store also resigns etcd leadership (etcdstore.Close).
 	d.closers = append(d.closers, func() { d.store.Close() })
 	// With etcd, only the elected leader rotates on schedule (store.go).
-	d.stores = newStoreState(d.store, logf)
-	d.keys, err = keys.NewManager(ctx, d.store, kp, logf, d.stores.managerOptions()...)
-	if err != nil {
-		return nil, fmt.Errorf("daemon: keys: %w", err)
+	d.stores = newStoreState(d.store, d.logf)
+	if d.keys, err = keys.NewManager(ctx, d.store, kp, d.logf, d.stores.managerOptions()...); err != nil {
+		return fmt.Errorf("daemon: keys: %w", err)
 	}
-	d.stores.start(runCtx, d.keys, d.goRun) // election and health probes
-	d.goRun(func() { d.keys.Run(runCtx) })
+	d.stores.start(d.runCtx, d.keys, d.goRun)
+	d.goRun(func() { d.keys.Run(d.runCtx) })
+	d.checks = append([]server.Check{{Name: "keys", Check: d.keysReady, Reason: "no active signing key"}}, d.stores.readyChecks()...)
+	return nil
+}
 
-	// Identity backend, and the listeners that go with it.
-	var lns []net.Listener
+// startIdentity starts the identity backend and opens the listeners that
+// go with it: local TCP addresses beside tailscaled, tailnet addresses of
+// the tsnet node. It settles the issuer.
+func (d *Daemon) startIdentity(ctx context.Context) error {
+	cfg := d.cfg
 	switch cfg.Backend {
 	case "tailscale":
 		lc := &local.Client{Socket: cfg.Tailscale.Socket, UseSocketOnly: cfg.Tailscale.Socket != ""}
-		src := identity.NewLocalAPI(lc, cfg.Identity, logf)
+		src := identity.NewLocalAPI(lc, cfg.Identity, d.logf)
 		d.closers = append(d.closers, func() { src.Close() })
 		d.source = src
 		for _, addr := range cfg.Listen {
 			ln, err := net.Listen("tcp", addr)
 			if err != nil {
-				closeAll(lns)
-				return nil, fmt.Errorf("daemon: listen: %w", err)
+				return fmt.Errorf("daemon: listen: %w", err)
 			}
-			lns = append(lns, ln)
+			d.addListener(ln)
 		}
 	case "tsnet":
 		tc := cfg.TSNet
-		tc.InMemory = tc.InMemory || opts.TSNetInMemory
-		node, err := identity.StartTSNet(ctx, tc, cfg.Identity, logf)
+		tc.InMemory = tc.InMemory || d.opts.TSNetInMemory
+		node, err := identity.StartTSNet(ctx, tc, cfg.Identity, d.logf)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		d.node = node
 		d.closers = append(d.closers, func() { node.Close() })
 		d.source = node
-		if lns, err = node.Listen(tc.Listen); err != nil {
-			return nil, err
+		lns, err := node.Listen(tc.Listen)
+		if err != nil {
+			return err
+		}
+		for _, ln := range lns {
+			d.addListener(ln)
 		}
 	default:
-		return nil, fmt.Errorf("daemon: unknown backend %q", cfg.Backend)
+		return fmt.Errorf("daemon: unknown backend %q", cfg.Backend)
 	}
 	d.issuer = cfg.Issuer
 	if d.issuer == "" && d.node != nil {
 		d.issuer = d.tsnetIssuer(ctx)
 	}
+	return nil
+}
 
-	var enrichers []claims.Enricher
-	if cfg.Grants.Capability != "" {
-		enrichers = append(enrichers, grants.New(cfg.Grants.Capability, logf))
+// addListener keeps ln for startIssuer, closed with the daemon if the
+// start fails before it is served (serving closes it too; twice is fine).
+func (d *Daemon) addListener(ln net.Listener) {
+	d.listeners = append(d.listeners, ln)
+	d.closers = append(d.closers, func() { ln.Close() })
+}
+
+// startEnrichers sets up the sources of claims, in merge order: tailnet
+// grants, then plugins.
+func (d *Daemon) startEnrichers(ctx context.Context) error {
+	if c := d.cfg.Grants.Capability; c != "" {
+		d.enrichers = append(d.enrichers, grants.New(c, d.logf))
 	}
+	if len(d.cfg.Plugins) == 0 {
+		return nil
+	}
+	var err error
+	if d.plugins, err = plugin.New(d.cfg.Plugins, plugin.Options{Logf: d.logf, Builtins: d.opts.Builtins}); err != nil {
+		return err
+	}
+	d.closers = append(d.closers, func() { d.plugins.Close() })
+	if err := d.plugins.Start(ctx); err != nil {
+		return err
+	}
+	d.enrichers = append(d.enrichers, d.plugins.Enrichers()...)
 	// The reasons are what /readyz shows; the errors are logged when a
 	// check's status changes, and the admin status reports them.
-	checks := append([]server.Check{
-		{Name: "keys", Check: d.keysReady, Reason: "no active signing key"},
-	}, d.stores.readyChecks()...)
-	if len(cfg.Plugins) > 0 {
-		d.plugins, err = plugin.New(cfg.Plugins, plugin.Options{Logf: logf, Builtins: opts.Builtins})
-		if err != nil {
-			return nil, err
-		}
-		d.closers = append(d.closers, func() { d.plugins.Close() })
-		if err := d.plugins.Start(ctx); err != nil {
-			return nil, err
-		}
-		enrichers = append(enrichers, d.plugins.Enrichers()...)
-		checks = append(checks, server.Check{Name: "plugins", Check: d.plugins.Ready,
-			Reason: "a required claims plugin is not serving"})
-	}
+	d.checks = append(d.checks, server.Check{Name: "plugins", Check: d.plugins.Ready,
+		Reason: "a required claims plugin is not serving"})
+	return nil
+}
 
+// startIssuer builds the issuance core and the HTTP server, and serves it
+// on the listeners.
+func (d *Daemon) startIssuer(context.Context) error {
+	reg, err := d.cfg.AudienceRegistry()
+	if err != nil {
+		return err
+	}
+	kp := d.keyPolicy
+	core, err := issue.New(issue.Config{
+		Issuer:    d.issuer,
+		Audiences: reg,
+		Enrichers: d.enrichers,
+		ClockSkew: kp.ClockSkew,
+		Logf:      d.logf,
+	})
+	if err != nil {
+		return err
+	}
+	d.goRun(func() { core.LogSummaries(d.runCtx, time.Minute) })
 	algs := make([]string, 0, len(kp.Algorithms))
 	for _, a := range kp.Algorithms {
 		algs = append(algs, string(a))
 	}
-	core, err := issue.New(issue.Config{
-		Issuer:    d.issuer,
-		Audiences: pol,
-		Enrichers: enrichers,
-		ClockSkew: kp.ClockSkew,
-		Logf:      logf,
-	})
-	if err != nil {
-		closeAll(lns)
-		return nil, err
-	}
-	d.goRun(func() { core.LogSummaries(runCtx, time.Minute) })
-	d.srv, err = server.New(server.Config{
+	if d.srv, err = server.New(server.Config{
 		Core:       core,
 		Source:     d.source,
 		Signer:     d.keys,
 		Algorithms: algs,
 		JWKSMaxAge: kp.JWKSMaxAge,
-		Logf:       logf,
-		Ready:      checks,
-	})
-	if err != nil {
-		closeAll(lns)
-		return nil, err
+		Logf:       d.logf,
+		Ready:      d.checks,
+	}); err != nil {
+		return err
 	}
-	for _, ln := range lns {
+	for _, ln := range d.listeners {
 		d.serveHTTP(d.srv.NewHTTPServer(), ln)
 	}
+	publishMetrics(d.srv)
+	return nil
+}
 
-	// Operator surfaces.
-	aln, err := admin.Listen(cfg.Admin.Socket)
+// startAdmin serves the operator API on the admin socket.
+func (d *Daemon) startAdmin(context.Context) error {
+	aln, err := admin.Listen(d.cfg.Admin.Socket)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	// Closing removes the socket, then releases its lock (the HTTP server
 	// closes it too; closing twice is fine). Removing the path afterwards
@@ -217,9 +269,9 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 	d.closers = append(d.closers, func() { aln.Close() })
 	d.serveHTTP(admin.NewServer(admin.Config{
 		Keys:    d.keys,
-		Version: opts.Version,
+		Version: d.opts.Version,
 		Issuer:  d.issuer,
-		Backend: cfg.Backend,
+		Backend: d.cfg.Backend,
 		IdentityReady: func(ctx context.Context) error {
 			if c, ok := d.source.(identity.Checker); ok {
 				return c.Ready(ctx)
@@ -233,22 +285,26 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 			return d.plugins.Health()
 		},
 		StoreHealth: d.stores.check,
-		Logf:        logf,
+		Logf:        d.logf,
 	}), aln)
+	return nil
+}
 
-	if cfg.Admin.MetricsListen != "" {
-		mln, err := net.Listen("tcp", cfg.Admin.MetricsListen)
-		if err != nil {
-			return nil, fmt.Errorf("daemon: metrics listen: %w", err)
-		}
-		mux := http.NewServeMux()
-		mux.HandleFunc("/metrics", varz.Handler)
-		d.serveHTTP(httpsrv.New(mux, httpsrv.Options{}), mln)
-	}
-	publishMetrics(d.srv)
+// startMetrics serves Prometheus metrics on the metrics listener, if one is
+// configured.
+func (d *Daemon) startMetrics(context.Context) error {
 	publishStoreMetrics(d.stores)
-	logf("tsidp: serving issuer %s (backend %s, store %s) on %s", d.issuer, cfg.Backend, cfg.Keys.Store, strings.Join(addrStrings(d.addrs), ", "))
-	return d, nil
+	if d.cfg.Admin.MetricsListen == "" {
+		return nil
+	}
+	mln, err := net.Listen("tcp", d.cfg.Admin.MetricsListen)
+	if err != nil {
+		return fmt.Errorf("daemon: metrics listen: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/metrics", varz.Handler)
+	d.serveHTTP(httpsrv.New(mux, httpsrv.Options{}), mln)
+	return nil
 }
 
 // Issuer returns the issuer URL in use.
@@ -316,12 +372,6 @@ func (d *Daemon) tsnetIssuer(ctx context.Context) string {
 		}
 	}
 	return "http://" + d.cfg.TSNet.Hostname
-}
-
-func closeAll(lns []net.Listener) {
-	for _, ln := range lns {
-		ln.Close()
-	}
 }
 
 func addrStrings(as []net.Addr) []string {
