@@ -23,6 +23,7 @@ import (
 
 	"github.com/tsidp/tsidp/pkg/audience"
 	"github.com/tsidp/tsidp/pkg/claims/plugin"
+	"github.com/tsidp/tsidp/pkg/clients"
 	"github.com/tsidp/tsidp/pkg/identity"
 	"github.com/tsidp/tsidp/pkg/issue"
 	"github.com/tsidp/tsidp/pkg/keys"
@@ -54,7 +55,25 @@ type Config struct {
 	// Plugins run in this order; their claims merge in this order, after
 	// tailnet grants.
 	Plugins []plugin.Config `yaml:"plugins"`
-	Admin   AdminConfig     `yaml:"admin"`
+	// Clients are the OpenID Provider's relying parties (web apps that
+	// log people in with their tailnet identity).
+	Clients []clients.Config `yaml:"clients"`
+	OIDC    OIDCConfig       `yaml:"oidc"`
+	Admin   AdminConfig      `yaml:"admin"`
+}
+
+// OIDCConfig configures the OpenID Provider's logins.
+type OIDCConfig struct {
+	// Confirm asks for a confirmation page before every login to every
+	// client (jump hosts, where several people share one tailnet
+	// identity). Clients can ask for it one by one too.
+	Confirm bool `yaml:"confirm"`
+	// SessionIdleTimeout ends a login session (its refresh tokens) when
+	// it goes unused this long. Default 168h.
+	SessionIdleTimeout time.Duration `yaml:"session_idle_timeout"`
+	// SessionLifetime ends a login session this long after the login,
+	// however it is used. Default 720h.
+	SessionLifetime time.Duration `yaml:"session_lifetime"`
 }
 
 // TailscaleConfig configures the "tailscale" backend.
@@ -139,6 +158,9 @@ const (
 	DefaultTTL       = time.Hour
 	DefaultMaxTTL    = 24 * time.Hour
 	DefaultAlgorithm = "ES256"
+
+	DefaultSessionIdleTimeout = 7 * 24 * time.Hour
+	DefaultSessionLifetime    = 30 * 24 * time.Hour
 
 	DefaultEtcdPrefix      = "/tsidp/"
 	DefaultEtcdDialTimeout = 5 * time.Second
@@ -237,6 +259,10 @@ func sectionOf(goType string) string {
 		return "audiences"
 	case "plugin.Config":
 		return "plugins"
+	case "clients.Config":
+		return "clients"
+	case "config.OIDCConfig":
+		return "oidc"
 	}
 	return goType
 }
@@ -295,6 +321,12 @@ func (c *Config) Provision() {
 	if c.Admin.Socket == "" {
 		c.Admin.Socket = filepath.Join(c.StateDir, "admin.sock")
 	}
+	if c.OIDC.SessionIdleTimeout == 0 {
+		c.OIDC.SessionIdleTimeout = DefaultSessionIdleTimeout
+	}
+	if c.OIDC.SessionLifetime == 0 {
+		c.OIDC.SessionLifetime = DefaultSessionLifetime
+	}
 }
 
 // KeyPolicy returns the key-set policy the configuration implies. Call it
@@ -339,6 +371,24 @@ func (c *Config) AudienceRegistry() (*audience.Registry, error) {
 		d.Algorithms = append(d.Algorithms, string(a))
 	}
 	return audience.NewRegistry(c.Audiences, d)
+}
+
+// ClientRegistry returns the configured OpenID Provider clients. Call it
+// after Provision.
+func (c *Config) ClientRegistry() (*clients.Registry, error) {
+	kp, err := c.KeyPolicy()
+	if err != nil {
+		return nil, err
+	}
+	reg, err := c.AudienceRegistry()
+	if err != nil {
+		return nil, err
+	}
+	d := clients.Defaults{TTL: c.Tokens.DefaultTTL, Algorithm: c.Tokens.Algorithm}
+	for _, a := range kp.Algorithms {
+		d.Algorithms = append(d.Algorithms, string(a))
+	}
+	return clients.NewRegistry(c.Clients, d, reg)
 }
 
 // Validate checks everything that can be checked without starting anything.
@@ -400,6 +450,12 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("config: plugins: %q is configured twice", pc.Name)
 		}
 		seen[pc.Name] = true
+	}
+	if _, err := c.ClientRegistry(); err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	if o := c.OIDC; o.SessionIdleTimeout > o.SessionLifetime {
+		return fmt.Errorf("config: oidc.session_idle_timeout %v is longer than oidc.session_lifetime %v", o.SessionIdleTimeout, o.SessionLifetime)
 	}
 	if err := c.ValidateStore(); err != nil {
 		return err

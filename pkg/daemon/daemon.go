@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -28,7 +29,10 @@ import (
 	"github.com/tsidp/tsidp/pkg/identity"
 	"github.com/tsidp/tsidp/pkg/issue"
 	"github.com/tsidp/tsidp/pkg/keys"
+	"github.com/tsidp/tsidp/pkg/oidc"
 	"github.com/tsidp/tsidp/pkg/server"
+	"github.com/tsidp/tsidp/pkg/session"
+	"github.com/tsidp/tsidp/pkg/session/boltstore"
 )
 
 // Options are the parts of a daemon that do not come from the config file.
@@ -63,6 +67,7 @@ type Daemon struct {
 	keyPolicy keys.Policy
 	listeners []net.Listener
 	enrichers []claims.Enricher
+	sessions  session.Store
 	checks    []server.Check
 
 	runCtx    context.Context // ends with Close
@@ -94,6 +99,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 		d.startKeys, // first: if the store is unusable there is nothing to serve
 		d.startIdentity,
 		d.startEnrichers,
+		d.startSessions,
 		d.startIssuer,
 		d.startAdmin,
 		d.startMetrics,
@@ -216,8 +222,20 @@ func (d *Daemon) startEnrichers(ctx context.Context) error {
 	return nil
 }
 
-// startIssuer builds the issuance core and the HTTP server, and serves it
-// on the listeners.
+// startSessions opens the store of login sessions: an embedded database
+// under the state dir.
+func (d *Daemon) startSessions(context.Context) error {
+	st, err := boltstore.Config{Path: filepath.Join(d.cfg.StateDir, "sessions.db"), Logf: d.logf}.Open()
+	if err != nil {
+		return err
+	}
+	d.sessions = st
+	d.closers = append(d.closers, func() { st.Close() })
+	return nil
+}
+
+// startIssuer builds the issuance core, the OpenID Provider and the HTTP
+// server, and serves it on the listeners.
 func (d *Daemon) startIssuer(context.Context) error {
 	reg, err := d.cfg.AudienceRegistry()
 	if err != nil {
@@ -239,9 +257,30 @@ func (d *Daemon) startIssuer(context.Context) error {
 	for _, a := range kp.Algorithms {
 		algs = append(algs, string(a))
 	}
+	clientReg, err := d.cfg.ClientRegistry()
+	if err != nil {
+		return err
+	}
+	ident := server.NewIdentifier(d.source, 0, nil)
+	provider, err := oidc.New(oidc.Config{
+		Core:        core,
+		Clients:     clientReg,
+		Sessions:    d.sessions,
+		Signer:      d.keys,
+		Identify:    ident.Identify,
+		Source:      d.source,
+		Confirm:     d.cfg.OIDC.Confirm,
+		IdleTimeout: d.cfg.OIDC.SessionIdleTimeout,
+		Lifetime:    d.cfg.OIDC.SessionLifetime,
+		Logf:        d.logf,
+	})
+	if err != nil {
+		return err
+	}
 	if d.srv, err = server.New(server.Config{
 		Core:       core,
-		Source:     d.source,
+		Provider:   provider,
+		Identifier: ident,
 		Signer:     d.keys,
 		Algorithms: algs,
 		JWKSMaxAge: kp.JWKSMaxAge,

@@ -7,33 +7,22 @@ import (
 	"strings"
 )
 
-func (s *Server) metadata() (discovery, oauth []byte, err error) {
+// metadata returns the OpenID Connect discovery document and the RFC 8414
+// authorization server metadata. They hold the same values: relying
+// parties read one or the other, and must not see two providers.
+func (s *Server) metadata() ([]byte, error) {
 	iss := s.cfg.Core.Issuer()
 	algs := s.cfg.Algorithms
 	if algs == nil {
 		algs = []string{}
 	}
-	var scopes []string
-	reg := s.cfg.Core.Audiences()
-	for _, name := range reg.Names() {
-		for _, sc := range reg.Audience(name).Scopes {
-			if !contains(scopes, sc) {
-				scopes = append(scopes, sc)
-			}
-		}
-	}
-	common := map[string]any{
+	m := map[string]any{
 		"issuer":                                iss,
 		"jwks_uri":                              iss + "/.well-known/jwks.json",
 		"token_endpoint":                        iss + "/token",
 		"grant_types_supported":                 []string{"client_credentials"},
 		"token_endpoint_auth_methods_supported": []string{"none"},
 		"response_types_supported":              []string{},
-	}
-	if len(scopes) > 0 {
-		common["scopes_supported"] = scopes
-	}
-	oidc := map[string]any{
 		"subject_types_supported":               []string{"public"},
 		"id_token_signing_alg_values_supported": algs,
 		"claims_supported": []string{
@@ -42,21 +31,42 @@ func (s *Server) metadata() (discovery, oauth []byte, err error) {
 			"tailnet", "node", "node_id", "tagged", "tags",
 		},
 	}
+	if p := s.cfg.Provider; p != nil {
+		for k, v := range p.Metadata() {
+			switch old := m[k].(type) {
+			case []string:
+				m[k] = union(old, v.([]string))
+			default:
+				m[k] = v
+			}
+		}
+	}
+	var scopes []string
+	if p := s.cfg.Provider; p != nil {
+		scopes = m["scopes_supported"].([]string)
+	}
+	reg := s.cfg.Core.Audiences()
+	for _, name := range reg.Names() {
+		scopes = union(scopes, reg.Audience(name).Scopes)
+	}
+	if len(scopes) > 0 {
+		m["scopes_supported"] = scopes
+	}
 	// No token_endpoint_auth_signing_alg_values_supported: it describes
-	// private_key_jwt and client_secret_jwt client authentication, and the
-	// only method here is "none" (the tailnet connection is the credential).
-	oauthDoc := map[string]any{}
-	for k, v := range common {
-		oidc[k] = v
-		oauthDoc[k] = v
+	// private_key_jwt and client_secret_jwt client authentication, which
+	// tsidp does not offer.
+	return json.MarshalIndent(m, "", "  ")
+}
+
+// union returns a followed by the elements of b it lacks.
+func union(a, b []string) []string {
+	out := append([]string(nil), a...)
+	for _, x := range b {
+		if !contains(out, x) {
+			out = append(out, x)
+		}
 	}
-	if discovery, err = json.MarshalIndent(oidc, "", "  "); err != nil {
-		return nil, nil, err
-	}
-	if oauth, err = json.MarshalIndent(oauthDoc, "", "  "); err != nil {
-		return nil, nil, err
-	}
-	return discovery, oauth, nil
+	return out
 }
 
 func contains(xs []string, x string) bool {

@@ -56,7 +56,7 @@ func (s *Server) serveReadyz(w http.ResponseWriter, r *http.Request) {
 		Reason string `json:"reason,omitempty"`
 	}
 	checks := s.cfg.Ready
-	if c, ok := s.cfg.Source.(identity.Checker); ok {
+	if c, ok := s.identifier.Source().(identity.Checker); ok {
 		checks = append([]Check{{Name: "identity", Check: c.Ready, Reason: identityReason}}, checks...)
 	}
 	status := "ready"

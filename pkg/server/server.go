@@ -24,6 +24,7 @@ import (
 	"github.com/tsidp/tsidp/pkg/identity"
 	"github.com/tsidp/tsidp/pkg/issue"
 	"github.com/tsidp/tsidp/pkg/keys"
+	"github.com/tsidp/tsidp/pkg/oidc"
 )
 
 // Signer signs token payloads and publishes the verification keys.
@@ -39,6 +40,12 @@ var _ Signer = (*keys.Manager)(nil)
 type Config struct {
 	// Core decides tokens; its issuer is the base URL of the endpoints.
 	Core *issue.Core
+	// Provider, if set, serves OpenID Connect logins: /authorize,
+	// /userinfo, /logout and the code and refresh grants of /token.
+	Provider *oidc.Provider
+	// Identifier identifies callers by their connection; nil builds one
+	// from Source and IdentityCacheTTL. Pass the one the Provider uses.
+	Identifier *Identifier
 	// Source identifies callers.
 	Source identity.Source
 	// Signer signs tokens and renders JWKS.
@@ -71,8 +78,8 @@ type Server struct {
 	// that a caller hammering tsidp cannot flood the log.
 	refusalLogf logger.Logf
 	router      chi.Router
-	discovery   []byte
-	oauthMeta   []byte
+	discovery   []byte // both discovery documents: the same values
+	identifier  *Identifier
 	metrics     *serverMetrics
 
 	readyMu    sync.Mutex
@@ -87,13 +94,10 @@ func New(cfg Config) (*Server, error) {
 	switch {
 	case cfg.Core == nil:
 		return nil, errors.New("server: no issuance core")
-	case cfg.Source == nil:
+	case cfg.Source == nil && cfg.Identifier == nil:
 		return nil, errors.New("server: no identity source")
 	case cfg.Signer == nil:
 		return nil, errors.New("server: no signer")
-	}
-	if cfg.IdentityCacheTTL == 0 {
-		cfg.IdentityCacheTTL = 5 * time.Second
 	}
 	if cfg.Logf == nil {
 		cfg.Logf = logger.Discard
@@ -101,10 +105,13 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	s := &Server{cfg: cfg, metrics: newServerMetrics(),
+	s := &Server{cfg: cfg, metrics: newServerMetrics(), identifier: cfg.Identifier,
 		refusalLogf: logger.RateLimitedFn(cfg.Logf, time.Minute, 30, 100)}
+	if s.identifier == nil {
+		s.identifier = NewIdentifier(cfg.Source, cfg.IdentityCacheTTL, cfg.Now)
+	}
 	var err error
-	if s.discovery, s.oauthMeta, err = s.metadata(); err != nil {
+	if s.discovery, err = s.metadata(); err != nil {
 		return nil, err
 	}
 	s.router = s.routes()
@@ -124,9 +131,15 @@ func (s *Server) routes() chi.Router {
 		allowed[path] = strings.Join(methods, ", ")
 	}
 	route("/.well-known/openid-configuration", s.serveStatic(s.discovery), http.MethodGet, http.MethodHead)
-	route("/.well-known/oauth-authorization-server", s.serveStatic(s.oauthMeta), http.MethodGet, http.MethodHead)
+	route("/.well-known/oauth-authorization-server", s.serveStatic(s.discovery), http.MethodGet, http.MethodHead)
 	route("/.well-known/jwks.json", s.serveJWKS, http.MethodGet, http.MethodHead)
 	route("/token", s.serveToken, http.MethodPost)
+	if p := s.cfg.Provider; p != nil {
+		route("/authorize", p.ServeAuthorize, http.MethodGet, http.MethodPost)
+		route("/authorize/confirm", p.ServeConfirm, http.MethodPost)
+		route("/userinfo", p.ServeUserInfo, http.MethodGet, http.MethodPost)
+		route("/logout", p.ServeEndSession, http.MethodGet, http.MethodPost)
+	}
 	route("/healthz", s.serveHealthz, http.MethodGet, http.MethodHead)
 	route("/readyz", s.serveReadyz, http.MethodGet, http.MethodHead)
 	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {

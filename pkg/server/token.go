@@ -15,6 +15,7 @@ import (
 	"github.com/tsidp/tsidp/pkg/claims"
 	"github.com/tsidp/tsidp/pkg/issue"
 	"github.com/tsidp/tsidp/pkg/keys"
+	"github.com/tsidp/tsidp/pkg/oidc"
 )
 
 // IssuedTokenType is RFC 8693's token type for JWTs.
@@ -39,7 +40,7 @@ func parseTokenRequest(form url.Values) (issue.Request, *issue.Refusal) {
 	switch gt := form.Get("grant_type"); gt {
 	case "", "client_credentials":
 	default:
-		ref := issue.InvalidRequest(fmt.Sprintf("grant_type %q is not supported; use client_credentials", gt))
+		ref := issue.InvalidRequest(fmt.Sprintf("grant_type %q is not supported", gt))
 		ref.Code = "unsupported_grant_type"
 		return issue.Request{}, ref
 	}
@@ -102,13 +103,17 @@ func (s *Server) issueToken(w http.ResponseWriter, r *http.Request) *issue.Refus
 	if ref != nil {
 		return ref
 	}
+	if p := s.cfg.Provider; p != nil && oidc.Handles(form.Get("grant_type")) {
+		p.ServeToken(w, r, form)
+		return nil
+	}
 	req, ref := parseTokenRequest(form)
 	if ref != nil {
 		return ref
 	}
 	// Identity comes before the decision, so that callers outside the
 	// tailnet learn nothing about which audiences exist.
-	id, err := s.identify(r)
+	id, err := s.identifier.Identify(r)
 	if err != nil {
 		ref := issue.IdentityRefusal(err)
 		if ref.Status == http.StatusServiceUnavailable {
