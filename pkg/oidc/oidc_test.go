@@ -1006,8 +1006,8 @@ func TestDiscovery(t *testing.T) {
 		"end_session_endpoint": issuer + "/logout", "token_endpoint": issuer + "/token",
 		"response_types_supported": "[code]", "code_challenge_methods_supported": "[S256]",
 		"authorization_response_iss_parameter_supported": "true",
-		"grant_types_supported":                         "[client_credentials authorization_code refresh_token]",
-		"token_endpoint_auth_methods_supported":         "[none client_secret_basic client_secret_post]",
+		"grant_types_supported":                          "[client_credentials authorization_code refresh_token]",
+		"token_endpoint_auth_methods_supported":          "[none client_secret_basic client_secret_post]",
 	} {
 		if got := fmt.Sprint(m[k]); got != want {
 			t.Errorf("%s = %s, want %s", k, got, want)
