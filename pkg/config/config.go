@@ -29,6 +29,9 @@ import (
 	"github.com/tsidp/tsidp/pkg/keys"
 	"github.com/tsidp/tsidp/pkg/keys/etcdstore"
 	"github.com/tsidp/tsidp/pkg/keys/filestore"
+	"github.com/tsidp/tsidp/pkg/session"
+	"github.com/tsidp/tsidp/pkg/session/boltstore"
+	sessionetcd "github.com/tsidp/tsidp/pkg/session/etcdstore"
 )
 
 // Config is the whole configuration file.
@@ -371,6 +374,21 @@ func (c *Config) AudienceRegistry() (*audience.Registry, error) {
 		d.Algorithms = append(d.Algorithms, string(a))
 	}
 	return audience.NewRegistry(c.Audiences, d)
+}
+
+// SessionStore returns where login sessions are kept: beside the keys, in
+// an embedded database under the state dir with the file key store, in
+// etcd (under keys.etcd.prefix) with the etcd key store, so that replicas
+// share them. Call it after Provision.
+func (c *Config) SessionStore() (session.StoreConfig, error) {
+	ks, err := c.KeyStore()
+	if err != nil {
+		return nil, err
+	}
+	if es, ok := ks.(etcdstore.Settings); ok {
+		return sessionetcd.Config{Endpoints: es.Endpoints, TLS: es.TLS, DialTimeout: es.DialTimeout, Prefix: es.Prefix}, nil
+	}
+	return boltstore.Config{Path: filepath.Join(c.StateDir, "sessions.db")}, nil
 }
 
 // ClientRegistry returns the configured OpenID Provider clients. Call it

@@ -14,6 +14,9 @@ import (
 	"github.com/tsidp/tsidp/pkg/keys"
 	"github.com/tsidp/tsidp/pkg/keys/etcdstore"
 	"github.com/tsidp/tsidp/pkg/keys/filestore"
+	"github.com/tsidp/tsidp/pkg/session"
+	"github.com/tsidp/tsidp/pkg/session/boltstore"
+	sessionetcd "github.com/tsidp/tsidp/pkg/session/etcdstore"
 )
 
 // docBlocks returns the ```yaml blocks of a doc file.
@@ -287,6 +290,31 @@ func TestKeyStore(t *testing.T) {
 			}
 			if err != nil || !reflect.DeepEqual(got, tc.want) {
 				t.Errorf("KeyStore() = %#v, %v; want %#v", got, err, tc.want)
+			}
+		})
+	}
+}
+
+// TestSessionStore: login sessions live beside the keys: in the state dir
+// with the file store, in the same etcd (and prefix) with etcd.
+func TestSessionStore(t *testing.T) {
+	for _, tc := range []struct {
+		name, yaml string
+		want       session.StoreConfig
+	}{
+		{"file", "state_dir: /srv/tsidp\n", boltstore.Config{Path: "/srv/tsidp/sessions.db"}},
+		{"etcd", "keys:\n  store: etcd://10.0.0.1:2379\n  etcd:\n    prefix: /idp/\n    kek_file: /k\n    ca_file: /ca.pem\n    dial_timeout: 3s\n",
+			sessionetcd.Config{Endpoints: []string{"10.0.0.1:2379"}, Prefix: "/idp/", TLS: etcdstore.TLSFiles{CAFile: "/ca.pem"}, DialTimeout: 3 * time.Second}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var c Config
+			if err := Parse([]byte(tc.yaml), &c); err != nil {
+				t.Fatal(err)
+			}
+			c.Provision()
+			got, err := c.SessionStore()
+			if err != nil || !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("SessionStore() = %#v, %v; want %#v", got, err, tc.want)
 			}
 		})
 	}

@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -32,7 +31,6 @@ import (
 	"github.com/tsidp/tsidp/pkg/oidc"
 	"github.com/tsidp/tsidp/pkg/server"
 	"github.com/tsidp/tsidp/pkg/session"
-	"github.com/tsidp/tsidp/pkg/session/boltstore"
 )
 
 // Options are the parts of a daemon that do not come from the config file.
@@ -222,10 +220,13 @@ func (d *Daemon) startEnrichers(ctx context.Context) error {
 	return nil
 }
 
-// startSessions opens the store of login sessions: an embedded database
-// under the state dir.
-func (d *Daemon) startSessions(context.Context) error {
-	st, err := boltstore.Config{Path: filepath.Join(d.cfg.StateDir, "sessions.db"), Logf: d.logf}.Open()
+// startSessions opens the store of login sessions (config.SessionStore).
+func (d *Daemon) startSessions(ctx context.Context) error {
+	sc, err := d.cfg.SessionStore()
+	if err != nil {
+		return err
+	}
+	st, err := sc.OpenStore(ctx)
 	if err != nil {
 		return err
 	}

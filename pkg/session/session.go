@@ -186,6 +186,12 @@ type Store interface {
 // handle, so that an ID token, a log line or a copy of the store, all of
 // which carry the family ID, give nobody a refresh token's handle.
 
+// StoreConfig is a backend's configuration, which opens its store. The
+// configuration chooses one (config.SessionStore).
+type StoreConfig interface {
+	OpenStore(ctx context.Context) (Store, error)
+}
+
 // RefreshToken returns the refresh token for handle and secret.
 func RefreshToken(handle, secret string) string { return "rt1." + handle + "." + secret }
 

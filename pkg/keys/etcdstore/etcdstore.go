@@ -139,37 +139,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if cfg.Logf == nil {
 		cfg.Logf = logger.Discard
 	}
-	eps, err := normalizeEndpoints(cfg.Endpoints, cfg.TLS != nil)
+	cli, err := NewClient(cfg.Endpoints, cfg.TLS, cfg.DialTimeout)
 	if err != nil {
 		return nil, err
-	}
-	cli, err := clientv3.New(clientv3.Config{
-		Endpoints:   eps,
-		DialTimeout: cfg.DialTimeout,
-		// Notice a dead connection within seconds, not at the kernel's TCP
-		// timeout, so requests fail over to another member quickly.
-		DialKeepAliveTime:    2 * time.Second,
-		DialKeepAliveTimeout: 2 * time.Second,
-		PermitWithoutStream:  true,
-		TLS:                  cfg.TLS,
-		Logger:               zap.NewNop(),
-		// gRPC's default reconnect backoff grows to two minutes, so after
-		// a long etcd outage replicas would take up to that long to notice
-		// it is back. Cap it at two seconds: a handful of cheap dials per
-		// replica while etcd is down, and catch-up within seconds.
-		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
-			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: reconnectMaxDelay},
-			MinConnectTimeout: cfg.DialTimeout,
-		})},
-		// RejectOldCluster stays off: the v3.7 client calls servers older
-		// than 3.6 "old" and refuses them with it, but every API this
-		// package uses (KV Range/Txn/Put, Watch with created-notify and
-		// require-leader, Lease Grant/KeepAlive/Revoke, the concurrency
-		// election) works against etcd 3.4, which the tests run (Debian's
-		// etcd-server 3.4.23).
-	})
-	if err != nil {
-		return nil, fmt.Errorf("etcdstore: %w", err)
 	}
 	s := &Store{
 		cli:       cli,
@@ -191,6 +163,50 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("etcdstore: etcd at %s did not answer within %s: %w", s.endpoints, cfg.DialTimeout, err)
 	}
 	return s, nil
+}
+
+// NewClient returns an etcd client for endpoints (host:port or URLs) with
+// tsidp's connection settings: keepalives that notice a dead member within
+// seconds, reconnects that back off to at most a few seconds, TLS when tc
+// is set. It does not connect yet. Other stores that keep state in the
+// same cluster (login sessions) use it too.
+func NewClient(endpoints []string, tc *tls.Config, dialTimeout time.Duration) (*clientv3.Client, error) {
+	if dialTimeout <= 0 {
+		dialTimeout = DefaultDialTimeout
+	}
+	eps, err := normalizeEndpoints(endpoints, tc != nil)
+	if err != nil {
+		return nil, err
+	}
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:   eps,
+		DialTimeout: dialTimeout,
+		// Notice a dead connection within seconds, not at the kernel's TCP
+		// timeout, so requests fail over to another member quickly.
+		DialKeepAliveTime:    2 * time.Second,
+		DialKeepAliveTimeout: 2 * time.Second,
+		PermitWithoutStream:  true,
+		TLS:                  tc,
+		Logger:               zap.NewNop(),
+		// gRPC's default reconnect backoff grows to two minutes, so after
+		// a long etcd outage replicas would take up to that long to notice
+		// it is back. Cap it at two seconds: a handful of cheap dials per
+		// replica while etcd is down, and catch-up within seconds.
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: reconnectMaxDelay},
+			MinConnectTimeout: dialTimeout,
+		})},
+		// RejectOldCluster stays off: the v3.7 client calls servers older
+		// than 3.6 "old" and refuses them with it, but every API tsidp
+		// uses (KV Range/Txn/Put, Watch with created-notify and
+		// require-leader, Lease Grant/KeepAlive/Revoke, the concurrency
+		// election) works against etcd 3.4, which the tests run (Debian's
+		// etcd-server 3.4.23).
+	})
+	if err != nil {
+		return nil, fmt.Errorf("etcdstore: %w", err)
+	}
+	return cli, nil
 }
 
 // normalizeEndpoints turns host:port into URLs with the scheme the TLS

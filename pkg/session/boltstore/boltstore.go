@@ -101,6 +101,11 @@ func (cfg Config) Open() (*Store, error) {
 	return s, nil
 }
 
+var _ session.StoreConfig = Config{}
+
+// OpenStore implements session.StoreConfig.
+func (cfg Config) OpenStore(context.Context) (session.Store, error) { return cfg.Open() }
+
 // batch runs fn in a group-committed write transaction. fn may run more
 // than once (bbolt retries a batch without a failing member), so it only
 // reports through its return value and variables it sets afresh on each
