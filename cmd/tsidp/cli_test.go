@@ -11,6 +11,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -18,6 +19,7 @@ import (
 	"testing"
 
 	jose "github.com/go-jose/go-jose/v4"
+	"github.com/tsidp/tsidp/pkg/clients"
 )
 
 // runCLI runs the tsidp command line as main does and returns what the
@@ -248,5 +250,27 @@ func TestRevokeDashKID(t *testing.T) {
 	stdout, stderr, code := runCLI(t, "keys", "revoke", "--help")
 	if code != 0 || !strings.Contains(stdout, "tsidp keys revoke [flags] KID") || !strings.Contains(stdout, "--state-dir") {
 		t.Errorf("keys revoke --help: exit %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
+}
+
+// TestClientsSecret: a fresh 256-bit secret each time, with the hash the
+// configuration takes.
+func TestClientsSecret(t *testing.T) {
+	var out [2]string
+	for i := range out {
+		var stdout bytes.Buffer
+		app := newApp()
+		app.Writer = &stdout
+		if err := app.Run([]string{"tsidp", "clients", "secret"}); err != nil {
+			t.Fatal(err)
+		}
+		out[i] = stdout.String()
+	}
+	var sec, hash string
+	if _, err := fmt.Sscanf(out[0], "client_secret: %s\nsecret_sha256: %s\n", &sec, &hash); err != nil {
+		t.Fatalf("output %q: %v", out[0], err)
+	}
+	if len(sec) != 43 || hash != clients.SecretHash(sec) || out[0] == out[1] {
+		t.Errorf("outputs %q and %q", out[0], out[1])
 	}
 }

@@ -42,6 +42,7 @@ func newApp() *cli.App {
 			keysCommand(),
 			tokenCommand(),
 			pluginsCommand(),
+			clientsCommand(),
 			versionCommand(),
 		},
 		OnUsageError: usageError,
