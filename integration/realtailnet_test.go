@@ -28,12 +28,14 @@ import (
 const realDomain = "idp-test.ts.net"
 
 // realAudiences is the configuration tsidp serves in these tests: one
-// audience per algorithm for everyone, and one for people only.
+// audience per algorithm for everyone, one for people only, and one with
+// RFC 9068 access tokens.
 const realAudiences = `audiences:
   - {name: "https://rs256.example", allow: ["*"], algorithm: RS256}
   - {name: "https://es256.example", allow: ["*"], algorithm: ES256}
   - {name: "https://eddsa.example", allow: ["*"], algorithm: EdDSA}
   - {name: people-only, allow: ["*@fake-control.example.net"], algorithm: ES256}
+  - {name: "https://rfc9068.example", allow: ["*"], algorithm: ES256, token_profile: rfc9068}
 `
 
 // algAudience is the audience that signs with each algorithm.

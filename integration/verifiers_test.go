@@ -311,6 +311,33 @@ func TestVerifiers(t *testing.T) {
 		)
 	})
 
+	// An RFC 9068 resource server (oauth4webapi's validateJwtAccessToken)
+	// accepts the tokens of an audience with token_profile rfc9068 ("typ":
+	// "at+jwt", client_id naming the caller's node), and refuses the
+	// plain JWTs of the others, as it should.
+	t.Run("rfc9068", func(t *testing.T) {
+		argv, err := nodeProg("oauth4webapi")("verifiers/node/oauth4webapi_verify.mjs", t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		at := mustToken(t, hc, srv.tailnet, url.Values{"audience": {"https://rfc9068.example"}})
+		r, err := runVerifier(ctx, argv, srv.issuer, "https://rfc9068.example", "ES256", at)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var c map[string]any
+		if r.code != 0 || json.Unmarshal([]byte(r.out), &c) != nil || !strings.HasPrefix(fmt.Sprint(c["client_id"]), "node:") {
+			t.Errorf("RFC 9068 token: exit %d: %s (stderr %s)", r.code, r.out, r.err)
+		}
+		r, err = runVerifier(ctx, argv, srv.issuer, algAudience["ES256"], "ES256", valid["ES256"])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.code != 1 || !strings.Contains(r.out, `"typ"`) {
+			t.Errorf("plain JWT at an RFC 9068 resource server: exit %d: %s", r.code, r.out)
+		}
+	})
+
 	// The ttl=10 tokens were valid for 10 s; wait them out (every verifier
 	// here allows no leeway; go-oidc wants now > exp, at 1 s resolution) and
 	// put them to all verifiers at once.

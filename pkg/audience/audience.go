@@ -44,7 +44,18 @@ type Config struct {
 	// Scopes lists the scope values a caller may request. Requests for any
 	// other scope are refused.
 	Scopes []string `yaml:"scopes"`
+	// TokenProfile is "jwt" (the default: "typ": "JWT") or "rfc9068":
+	// tokens follow the JWT access token profile (RFC 9068: "typ":
+	// "at+jwt" and a client_id claim naming the caller's node), for
+	// resource servers whose validators insist on it.
+	TokenProfile string `yaml:"token_profile"`
 }
+
+// Token profiles.
+const (
+	ProfileJWT     = "jwt"
+	ProfileRFC9068 = "rfc9068"
+)
 
 // Defaults are the token settings audiences inherit.
 type Defaults struct {
@@ -64,7 +75,9 @@ type Audience struct {
 	MaxTTL    time.Duration
 	Algorithm string
 	Scopes    []string
-	rules     Rules
+	// Profile is ProfileJWT or ProfileRFC9068.
+	Profile string
+	rules   Rules
 }
 
 // Registry is the validated set of audiences.
@@ -221,6 +234,14 @@ func compile(c Config, d Defaults) (*Audience, error) {
 		MaxTTL:    c.MaxTTL,
 		Algorithm: c.Algorithm,
 		Scopes:    c.Scopes,
+		Profile:   c.TokenProfile,
+	}
+	switch a.Profile {
+	case "":
+		a.Profile = ProfileJWT
+	case ProfileJWT, ProfileRFC9068:
+	default:
+		return nil, fmt.Errorf("token_profile %q: want %q or %q", a.Profile, ProfileJWT, ProfileRFC9068)
 	}
 	if a.MaxTTL == 0 {
 		a.MaxTTL = d.MaxTTL

@@ -110,8 +110,10 @@ type Request struct {
 type Decision struct {
 	// Token is the claim set.
 	Token claims.Token
-	// Algorithm is the audience's signing algorithm.
+	// Algorithm is the audience's signing algorithm, and Type the token's
+	// "typ" (at+jwt for the RFC 9068 profile).
 	Algorithm keys.Algorithm
+	Type      keys.Type
 	// Reason says what admitted the caller, e.g. `allow rule
 	// "*@example.com"` or `granted by tailnet-grants`.
 	Reason string
@@ -285,6 +287,11 @@ func (c *Core) decideFor(ctx context.Context, id *identity.Identity, aud *audien
 		return Decision{}, refuse(http.StatusBadRequest, "invalid_request", err.Error(), "")
 	}
 	now := c.cfg.Now()
+	typ, clientID := keys.TypeJWT, ""
+	if aud.Profile == audience.ProfileRFC9068 {
+		// The caller's node is the OAuth client of a POST /token.
+		typ, clientID = keys.TypeAccessToken, "node:"+id.NodeID
+	}
 	return Decision{
 		Token: claims.Token{
 			Issuer:    c.cfg.Issuer,
@@ -297,8 +304,10 @@ func (c *Core) decideFor(ctx context.Context, id *identity.Identity, aud *audien
 			Scope:     strings.Join(req.Scopes, " "),
 			Identity:  id,
 			Extra:     e.extra,
+			ClientID:  clientID,
 		},
 		Algorithm: keys.Algorithm(aud.Algorithm),
+		Type:      typ,
 		Reason:    reason,
 	}, nil
 }

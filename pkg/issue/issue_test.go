@@ -17,6 +17,7 @@ import (
 	"github.com/tsidp/tsidp/pkg/claims"
 	"github.com/tsidp/tsidp/pkg/claims/grants"
 	"github.com/tsidp/tsidp/pkg/identity"
+	"github.com/tsidp/tsidp/pkg/keys"
 )
 
 const capName = "example.com/cap/tsidp"
@@ -50,6 +51,7 @@ func testRegistry(t testing.TB) *audience.Registry {
 		{Name: "eng", Allow: []string{"group:eng"}},
 		{Name: "rsa", Allow: []string{"*"}, Algorithm: "RS256", TTL: 15 * time.Minute, MaxTTL: time.Hour},
 		{Name: "granted-only", Allow: []string{"user:nobody@example.com"}},
+		{Name: "rs", Allow: []string{"*"}, TokenProfile: "rfc9068"},
 	}, audience.Defaults{TTL: time.Hour, MaxTTL: 24 * time.Hour, Algorithm: "ES256"})
 	if err != nil {
 		t.Fatal(err)
@@ -434,5 +436,22 @@ func TestDecideLogin(t *testing.T) {
 				t.Errorf("refusal %d %q, want %d %q", r.Status, r.Reason, tt.status, tt.reason)
 			}
 		})
+	}
+}
+
+// TestRFC9068Profile: an audience may ask for RFC 9068 access tokens: typ
+// at+jwt and a client_id naming the caller's node; others keep typ JWT.
+func TestRFC9068Profile(t *testing.T) {
+	d, r := newCore(t).Decide(context.Background(), alice, Request{Audience: "rs"})
+	if r != nil || d.Type != keys.TypeAccessToken || d.Token.ClientID != "node:nL" {
+		t.Errorf("rfc9068 audience: %+v, %v", d, r)
+	}
+	d, r = newCore(t).Decide(context.Background(), alice, Request{Audience: "api"})
+	if r != nil || d.Type != keys.TypeJWT || d.Token.ClientID != "" {
+		t.Errorf("plain audience: %+v, %v", d, r)
+	}
+	if _, err := audience.NewRegistry([]audience.Config{{Name: "x", Allow: []string{"*"}, TokenProfile: "oauth"}},
+		audience.Defaults{TTL: time.Hour, MaxTTL: time.Hour, Algorithm: "ES256"}); err == nil || !strings.Contains(err.Error(), "token_profile") {
+		t.Errorf("unknown profile: %v", err)
 	}
 }

@@ -30,7 +30,7 @@ import (
 // Signer signs token payloads and publishes the verification keys.
 // *keys.Manager implements it.
 type Signer interface {
-	Sign(dst []byte, alg keys.Algorithm, payload []byte) ([]byte, string, error)
+	SignAs(dst []byte, alg keys.Algorithm, typ keys.Type, payload []byte) ([]byte, string, error)
 	JWKS() (body []byte, etag string)
 }
 

@@ -127,18 +127,18 @@ func (s *Server) issueToken(w http.ResponseWriter, r *http.Request) *issue.Refus
 	if ref != nil {
 		return ref
 	}
-	return s.respondWithToken(w, &d.Token, d.Algorithm)
+	return s.respondWithToken(w, &d.Token, d.Algorithm, d.Type)
 }
 
 // respondWithToken encodes and signs t straight into the response buffer.
-func (s *Server) respondWithToken(w http.ResponseWriter, t *claims.Token, alg keys.Algorithm) *issue.Refusal {
+func (s *Server) respondWithToken(w http.ResponseWriter, t *claims.Token, alg keys.Algorithm, typ keys.Type) *issue.Refusal {
 	pb, rb := tokenBufs.Get().(*[]byte), tokenBufs.Get().(*[]byte)
 	defer func() { tokenBufs.Put(pb); tokenBufs.Put(rb) }()
 
 	payload := t.AppendJSON((*pb)[:0])
 	*pb = payload
 	b := append((*rb)[:0], `{"access_token":"`...)
-	b, _, err := s.cfg.Signer.Sign(b, alg, payload)
+	b, _, err := s.cfg.Signer.SignAs(b, alg, typ, payload)
 	if err != nil {
 		s.cfg.Logf("token: signing for %q with %s: %v", t.Audience, alg, err)
 		return &issue.Refusal{Status: http.StatusInternalServerError, Code: "server_error",
