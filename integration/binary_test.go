@@ -163,7 +163,7 @@ func waitForLine(t testing.TB, sc *bufio.Scanner, want string, timeout time.Dura
 
 func TestSandboxCommandAndKeyRotation(t *testing.T) {
 	listen, tagged, state := freeAddr(t), freeAddr(t), shortTempDir(t)
-	cmd, out, stderr := startProcess(t, nil, "sandbox", "--listen", listen, "--listen-tagged", tagged, "--state-dir", state)
+	cmd, out, stderr := startProcess(t, nil, "sandbox", "--listen", listen, "--listen-tagged", tagged, "--listen-app", freeAddr(t), "--state-dir", state)
 	waitForLine(t, out, "Press Ctrl-C to stop", 90*time.Second)
 
 	hc := httpClient()
@@ -270,7 +270,7 @@ func TestCLIErrorsAreOneLine(t *testing.T) {
 // block inside gVisor while connections are open; tsidp bounds it.)
 func TestSandboxStopsUnderLoad(t *testing.T) {
 	listen, tagged := freeAddr(t), freeAddr(t)
-	cmd, out, stderr := startProcess(t, nil, "sandbox", "--listen", listen, "--listen-tagged", tagged, "--state-dir", shortTempDir(t))
+	cmd, out, stderr := startProcess(t, nil, "sandbox", "--listen", listen, "--listen-tagged", tagged, "--listen-app", freeAddr(t), "--state-dir", shortTempDir(t))
 	waitForLine(t, out, "Press Ctrl-C to stop", 90*time.Second)
 
 	stop := make(chan struct{})

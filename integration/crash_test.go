@@ -90,7 +90,7 @@ func testCrashes(t *testing.T, bin, prod, dir string, storeArgs []string, steps 
 	listen, tagged := freeAddr(t), freeAddr(t)
 	iss := "http://" + listen
 	hc := httpClient()
-	args := append([]string{"sandbox", "--listen", listen, "--listen-tagged", tagged, "--state-dir", state, "--config", cfg}, storeArgs...)
+	args := append([]string{"sandbox", "--listen", listen, "--listen-tagged", tagged, "--listen-app", freeAddr(t), "--state-dir", state, "--config", cfg}, storeArgs...)
 	// The store as the CLI sees it without a daemon: another state dir,
 	// so no admin socket is found and the store is read directly.
 	direct := append([]string{"--state-dir", filepath.Join(dir, "cli")}, storeArgs...)

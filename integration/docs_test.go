@@ -43,7 +43,7 @@ func TestQuickstartSandboxSnippets(t *testing.T) {
 		t.Fatalf("first quickstart command = %q", blocks[0])
 	}
 	listen, tagged, state := freeAddr(t), freeAddr(t), shortTempDir(t)
-	_, out, stderr := startProcess(t, nil, "sandbox", "--listen", listen, "--listen-tagged", tagged, "--state-dir", state)
+	_, out, stderr := startProcess(t, nil, "sandbox", "--listen", listen, "--listen-tagged", tagged, "--listen-app", freeAddr(t), "--state-dir", state)
 	waitForLine(t, out, "Press Ctrl-C", 90*time.Second)
 
 	subst := strings.NewReplacer("127.0.0.1:8484", listen, "127.0.0.1:8485", tagged, "go run ./cmd/tsidp", tsidpBinary(t))

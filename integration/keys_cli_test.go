@@ -49,7 +49,7 @@ func TestKeysLifecycleCLI(t *testing.T) {
 	state := dir + "/state"
 	cfg := writeFile(t, dir, "tsidp.yaml", perAlgAudiences)
 	listen, tagged := freeAddr(t), freeAddr(t)
-	p := startBin(t, tsidpBinary(t), nil, "sandbox", "--listen", listen, "--listen-tagged", tagged, "--state-dir", state, "--config", cfg)
+	p := startBin(t, tsidpBinary(t), nil, "sandbox", "--listen", listen, "--listen-tagged", tagged, "--listen-app", freeAddr(t), "--state-dir", state, "--config", cfg)
 	p.waitLine(t, "Press Ctrl-C to stop", 90*time.Second)
 	iss := "http://" + listen
 	hc := httpClient()
@@ -265,7 +265,7 @@ func TestKeyFileDeletedWhileRunning(t *testing.T) {
 	metrics := freeAddr(t)
 	cfg := writeFile(t, dir, "tsidp.yaml", "admin:\n  metrics_listen: "+metrics+"\n"+perAlgAudiences)
 	listen, tagged := freeAddr(t), freeAddr(t)
-	p := startBin(t, tsidpBinary(t), nil, "sandbox", "-v", "--listen", listen, "--listen-tagged", tagged, "--state-dir", state, "--config", cfg)
+	p := startBin(t, tsidpBinary(t), nil, "sandbox", "-v", "--listen", listen, "--listen-tagged", tagged, "--listen-app", freeAddr(t), "--state-dir", state, "--config", cfg)
 	p.waitLine(t, "Press Ctrl-C to stop", 90*time.Second)
 	iss := "http://" + listen
 	hc := httpClient()

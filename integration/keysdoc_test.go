@@ -84,7 +84,7 @@ func TestKeysRunbook(t *testing.T) {
 	cfg := writeFile(t, work, "tsidp.yaml", "state_dir: "+state+"\n"+perAlgAudiences)
 	listen, tagged := freeAddr(t), freeAddr(t)
 	iss := "http://" + listen
-	sb := startBin(t, bin, nil, "sandbox", "--listen", listen, "--listen-tagged", tagged, "--state-dir", state, "--config", cfg)
+	sb := startBin(t, bin, nil, "sandbox", "--listen", listen, "--listen-tagged", tagged, "--listen-app", freeAddr(t), "--state-dir", state, "--config", cfg)
 	sb.waitLine(t, "Press Ctrl-C to stop", 90*time.Second)
 	subst := strings.NewReplacer("/etc/tsidp.yaml", cfg, "/srv/www", filepath.Join(work, "www"))
 

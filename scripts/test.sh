@@ -24,6 +24,7 @@ debs=(
   nodejs npm                                     # Node verifier
   default-jdk-headless                           # Java verifier (javac)
   faketime                                       # verifiers run with a clock behind tsidp's
+  chromium                                       # a real browser for the OpenID Provider's logins and pages
 )
 missing=()
 for p in "${debs[@]}"; do

@@ -24,6 +24,7 @@ Each gateway forwards requests through the tailnet to tsidp, so plain curl works
 		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "listen", Value: sandbox.DefaultListen, Usage: "loopback `ADDR` of the person's gateway (and the issuer URL)"},
 			&cli.StringFlag{Name: "listen-tagged", Value: sandbox.DefaultListenTagged, Usage: "loopback `ADDR` of the tagged device's gateway"},
+			&cli.StringFlag{Name: "listen-app", Value: sandbox.DefaultListenApp, Usage: "loopback `ADDR` of the demo web app that signs people in with tsidp"},
 			&cli.StringFlag{Name: "state-dir", Usage: "state `DIR` (keys, admin socket); default a temporary directory removed on exit"},
 			&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Usage: "configuration `FILE`; backend and issuer are set by the sandbox"},
 			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "log tsidp's activity"},
@@ -47,6 +48,7 @@ Each gateway forwards requests through the tailnet to tsidp, so plain curl works
 			sb, err := sandbox.Start(c.Context, sandbox.Options{
 				Listen:       c.String("listen"),
 				ListenTagged: c.String("listen-tagged"),
+				ListenApp:    c.String("listen-app"),
 				StateDir:     c.String("state-dir"),
 				Config:       cfg,
 				Logf:         logf,

@@ -100,80 +100,127 @@ func cacheRoot() (string, error) {
 }
 
 // ensureBinaries returns valid binaries under root/bin-<ver>, building them
-// while holding root/bin-<ver>.lock if they are missing or stale.
+// if they are missing or stale.
 func ensureBinaries(ctx context.Context, root, ver string) (string, string, error) {
-	dir := filepath.Join(root, "bin-"+ver)
-	daemon, cli := filepath.Join(dir, "tailscaled"), filepath.Join(dir, "tailscale")
-	if checkBinaries(daemon, cli, ver) == nil {
-		return daemon, cli, nil
-	}
-	if err := os.MkdirAll(root, 0o755); err != nil {
-		return "", "", fmt.Errorf("harness: %w", err)
-	}
-	unlock, err := lockFile(ctx, filepath.Join(root, "bin-"+ver+".lock"))
+	paths, err := ensureBuilt(ctx, root, "bin-"+ver, tailscaleModule, ver,
+		[]string{"tailscale.com/cmd/tailscaled", "tailscale.com/cmd/tailscale"})
 	if err != nil {
 		return "", "", err
+	}
+	return paths[0], paths[1], nil
+}
+
+// GoTool returns the path of the command pkg (in module mod) built at
+// version ver, building it into the cache if needed: real third-party
+// programs the tests run (oauth2-proxy), built from their own go.mod as
+// the authors release them, never committed as binaries. Concurrent
+// callers build at most once.
+func GoTool(ctx context.Context, mod, ver, pkg string) (string, error) {
+	root, err := cacheRoot()
+	if err != nil {
+		return "", err
+	}
+	paths, err := ensureBuilt(ctx, root, "tool-"+cmdName(pkg)+"-"+ver, mod, ver, []string{pkg})
+	if err != nil {
+		return "", err
+	}
+	return paths[0], nil
+}
+
+// ensureBuilt returns the commands pkgs (of module mod at ver) under
+// root/dir, building them while holding root/dir.lock if they are missing
+// or stale. A finished build is renamed into place, so no caller sees half
+// of one.
+func ensureBuilt(ctx context.Context, root, dir, mod, ver string, pkgs []string) ([]string, error) {
+	final := filepath.Join(root, dir)
+	paths := func(d string) []string {
+		out := make([]string, len(pkgs))
+		for i, p := range pkgs {
+			out[i] = filepath.Join(d, cmdName(p))
+		}
+		return out
+	}
+	if checkBinaries(mod, ver, paths(final)...) == nil {
+		return paths(final), nil
+	}
+	if err := os.MkdirAll(root, 0o755); err != nil {
+		return nil, fmt.Errorf("harness: %w", err)
+	}
+	unlock, err := lockFile(ctx, final+".lock")
+	if err != nil {
+		return nil, err
 	}
 	defer unlock()
 	// Another process may have finished the build while we waited.
-	if checkBinaries(daemon, cli, ver) == nil {
-		return daemon, cli, nil
+	if checkBinaries(mod, ver, paths(final)...) == nil {
+		return paths(final), nil
 	}
-
-	tmp, err := os.MkdirTemp(root, ".build-"+ver+"-")
+	tmp, err := os.MkdirTemp(root, ".build-"+dir+"-")
 	if err != nil {
-		return "", "", fmt.Errorf("harness: %w", err)
+		return nil, fmt.Errorf("harness: %w", err)
 	}
 	defer os.RemoveAll(tmp) // no-op once renamed
-	if err := goInstall(ctx, tmp, ver); err != nil {
-		return "", "", err
+	if err := goInstall(ctx, tmp, ver, pkgs); err != nil {
+		return nil, err
 	}
-	if err := checkBinaries(filepath.Join(tmp, "tailscaled"), filepath.Join(tmp, "tailscale"), ver); err != nil {
-		return "", "", fmt.Errorf("harness: fresh build is unusable: %w", err)
+	if err := checkBinaries(mod, ver, paths(tmp)...); err != nil {
+		return nil, fmt.Errorf("harness: fresh build is unusable: %w", err)
 	}
 	// MkdirTemp makes the dir 0700; the cache is as readable as GOCACHE.
 	if err := os.Chmod(tmp, 0o755); err != nil {
-		return "", "", fmt.Errorf("harness: %w", err)
+		return nil, fmt.Errorf("harness: %w", err)
 	}
 	// A stale or partial dir is only ever replaced under the lock.
-	if err := os.RemoveAll(dir); err != nil {
-		return "", "", fmt.Errorf("harness: %w", err)
+	if err := os.RemoveAll(final); err != nil {
+		return nil, fmt.Errorf("harness: %w", err)
 	}
-	if err := os.Rename(tmp, dir); err != nil {
-		return "", "", fmt.Errorf("harness: installing binaries: %w", err)
+	if err := os.Rename(tmp, final); err != nil {
+		return nil, fmt.Errorf("harness: installing binaries: %w", err)
 	}
-	return daemon, cli, nil
+	return paths(final), nil
 }
 
-// goInstall builds both commands into gobin. It runs outside tsidp's module
-// (in gobin) so that "pkg@version" resolves tailscale.com's own go.mod.
-func goInstall(ctx context.Context, gobin, ver string) error {
-	cmd := exec.CommandContext(ctx, "go", "install",
-		"tailscale.com/cmd/tailscaled@"+ver,
-		"tailscale.com/cmd/tailscale@"+ver)
+// cmdName is the file name go install gives the command pkg: its last
+// element, or the one before a major-version suffix.
+func cmdName(pkg string) string {
+	name := filepath.Base(pkg)
+	if len(name) >= 2 && name[0] == 'v' && strings.Trim(name[1:], "0123456789") == "" {
+		return filepath.Base(filepath.Dir(pkg))
+	}
+	return name
+}
+
+// goInstall builds the commands into gobin. It runs outside tsidp's module
+// (in gobin) so that "pkg@version" resolves the tool's own go.mod.
+func goInstall(ctx context.Context, gobin, ver string, pkgs []string) error {
+	args := []string{"install"}
+	for _, p := range pkgs {
+		args = append(args, p+"@"+ver)
+	}
+	cmd := exec.CommandContext(ctx, "go", args...)
 	cmd.Dir = gobin
-	cmd.Env = append(os.Environ(), "GOBIN="+gobin, "GOWORK=off")
+	cmd.Env = append(os.Environ(), "GOBIN="+gobin, "GOWORK=off", "GOFLAGS=-mod=mod")
 	cmd.WaitDelay = 10 * time.Second
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	t0 := time.Now()
 	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("harness: building tailscaled and tailscale %s (after %v): %w\n%s",
-			ver, time.Since(t0).Round(time.Second), err, tail(out.Bytes(), 4096))
+		return fmt.Errorf("harness: building %v at %s (after %v): %w\n%s",
+			pkgs, ver, time.Since(t0).Round(time.Second), err, tail(out.Bytes(), 4096))
 	}
 	return nil
 }
 
-// checkBinaries reports whether both files are executables built from
-// tailscale.com at ver (read from their embedded build info).
-func checkBinaries(daemon, cli, ver string) error {
-	for _, p := range []string{daemon, cli} {
+// checkBinaries reports whether every file is an executable built from
+// module mod at ver (read from their embedded build info).
+func checkBinaries(mod, ver string, files ...string) error {
+	for _, p := range files {
 		bi, err := buildinfo.ReadFile(p)
 		if err != nil {
 			return err
 		}
-		if bi.Main.Path != tailscaleModule || bi.Main.Version != ver {
-			return fmt.Errorf("%s was built from %s@%s, want %s@%s", p, bi.Main.Path, bi.Main.Version, tailscaleModule, ver)
+		if bi.Main.Path != mod || bi.Main.Version != ver {
+			return fmt.Errorf("%s was built from %s@%s, want %s@%s", p, bi.Main.Path, bi.Main.Version, mod, ver)
 		}
 		if fi, err := os.Stat(p); err != nil || fi.Mode()&0o111 == 0 {
 			return fmt.Errorf("%s is not executable", p)

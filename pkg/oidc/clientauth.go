@@ -13,8 +13,8 @@ const basicChallenge = `Basic realm="tsidp"`
 
 // authenticateClient finds and authenticates the client of a token request
 // by its registered method (RFC 6749 §2.3): HTTP Basic or form secret, the
-// tailnet identity of the connection, or none for a public client, which
-// only names itself. A client may not use another method than its own, so
+// tailnet identity of the connection (whatever secret is sent along), or
+// none for a public client, which only names itself. A client may not use another method than its own, so
 // a confidential client cannot be passed off as public. The challenge is
 // the WWW-Authenticate for a 401.
 func (p *Provider) authenticateClient(r *http.Request, form url.Values) (c *clients.Client, ref *issue.Refusal, challenge string) {
@@ -51,9 +51,9 @@ func (p *Provider) authenticateClient(r *http.Request, form url.Values) (c *clie
 			return nil, badClient("client authentication failed (client_secret_post)"), ""
 		}
 	case clients.AuthTailnet:
-		if hasBasic || form.Get("client_secret") != "" {
-			return nil, badClient("this client authenticates by its tailnet connection, not a secret"), ""
-		}
+		// A secret sent along is ignored, not refused: software such as
+		// oauth2-proxy will not run without one, and the connection is
+		// what authenticates the client.
 		caller, err := p.cfg.Identify(r)
 		if err != nil {
 			ref := issue.IdentityRefusal(err)

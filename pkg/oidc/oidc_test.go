@@ -778,7 +778,8 @@ func TestClientAuthentication(t *testing.T) {
 		{"public", "spa", otherIP, form("spa", ""), 200},
 		{"public with a secret", "spa", otherIP, form("spa", "x"), 401},
 		{"secretless from its node", "grafana", ciIP, form("grafana", ""), 200},
-		{"secretless with a secret", "grafana", ciIP, form("grafana", "x"), 401},
+		{"secretless with a placeholder secret", "grafana", ciIP, form("grafana", "x"), 200},
+		{"secretless with Basic from another node", "grafana", otherIP, basic("grafana", "x"), 401},
 		{"secretless from another node", "grafana", otherIP, form("grafana", ""), 401},
 	}
 	for _, tt := range tests {

@@ -12,6 +12,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -20,8 +21,10 @@ import (
 	"tailscale.com/types/logger"
 
 	"github.com/tsidp/tsidp/pkg/audience"
+	"github.com/tsidp/tsidp/pkg/clients"
 	"github.com/tsidp/tsidp/pkg/config"
 	"github.com/tsidp/tsidp/pkg/daemon"
+	"github.com/tsidp/tsidp/pkg/session"
 	"github.com/tsidp/tsidp/pkg/tailnet"
 )
 
@@ -41,6 +44,9 @@ type Options struct {
 	Listen string
 	// ListenTagged is the tagged device's gateway.
 	ListenTagged string
+	// ListenApp is the demo relying party ("Sandbox App"), which logs
+	// people in with tsidp. Empty: a free loopback port.
+	ListenApp string
 	// StateDir holds keys and the admin socket. Empty: a temporary
 	// directory, removed on Close.
 	StateDir string
@@ -59,6 +65,7 @@ type Sandbox struct {
 	Tagged      *tsnet.Server
 	Gateway     *tailnet.Gateway
 	TaggedGW    *tailnet.Gateway
+	App         *App
 	StateDir    string
 	AdminSocket string
 	removeState bool
@@ -74,6 +81,9 @@ func Start(ctx context.Context, opts Options) (_ *Sandbox, err error) {
 	}
 	if opts.ListenTagged == "" {
 		opts.ListenTagged = DefaultListenTagged
+	}
+	if opts.ListenApp == "" {
+		opts.ListenApp = "127.0.0.1:0" // the command's flag defaults to DefaultListenApp
 	}
 	logf := opts.Logf
 	if logf == nil {
@@ -94,6 +104,16 @@ func Start(ctx context.Context, opts Options) (_ *Sandbox, err error) {
 		}
 		ln.Close()
 	}
+	appLn, err := net.Listen("tcp", opts.ListenApp)
+	if err != nil {
+		return nil, fmt.Errorf("sandbox: demo app: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			appLn.Close()
+		}
+	}()
+	appSecret := session.NewSecret()
 	if s.StateDir == "" {
 		if s.StateDir, err = os.MkdirTemp("", "tsidp-sandbox-"); err != nil {
 			return nil, fmt.Errorf("sandbox: %w", err)
@@ -136,6 +156,8 @@ func Start(ctx context.Context, opts Options) (_ *Sandbox, err error) {
 	if len(cfg.Audiences) == 0 {
 		cfg.Audiences = []audience.Config{{Name: "sandbox", Allow: []string{"*"}}}
 	}
+	cfg.Clients = append(slices.DeleteFunc(cfg.Clients, func(c clients.Config) bool { return c.ID == AppClientID }),
+		appClient(appLn.Addr().String(), appSecret))
 	cfg.Provision()
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("sandbox: %w", err)
@@ -161,6 +183,9 @@ func Start(ctx context.Context, opts Options) (_ *Sandbox, err error) {
 	if s.TaggedGW, err = tailnet.NewGateway(opts.ListenTagged, s.Tagged, target); err != nil {
 		return nil, fmt.Errorf("sandbox: %w", err)
 	}
+	if s.App, err = startApp(ctx, appLn, s.Issuer(), appSecret); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -179,6 +204,7 @@ func (s *Sandbox) PrintBanner(w io.Writer, audiences []string) {
   issuer          %s
   person          %s  (alice-laptop, a user's device)
   tagged device   %s  (ci-runner, %s)
+  demo web app    %s  (open it in a browser: it signs you in with tsidp)
   state dir       %s
 
 Try:
@@ -190,7 +216,7 @@ Try:
   go run ./cmd/tsidp keys rotate --state-dir %s
 
 Press Ctrl-C to stop.
-`, iss, s.Gateway.URL(), s.TaggedGW.URL(), Tag, s.StateDir,
+`, iss, s.Gateway.URL(), s.TaggedGW.URL(), Tag, s.App.URL(), s.StateDir,
 		aud, s.Gateway.URL(), aud, s.TaggedGW.URL(), iss, iss, quote(s.StateDir), quote(s.StateDir))
 }
 
@@ -210,6 +236,9 @@ func (s *Sandbox) Close() error {
 
 func (s *Sandbox) close() error {
 	var errs []error
+	if s.App != nil {
+		errs = append(errs, s.App.Close())
+	}
 	for _, g := range []*tailnet.Gateway{s.TaggedGW, s.Gateway} {
 		if g != nil {
 			errs = append(errs, g.Close())
