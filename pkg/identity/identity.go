@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"time"
 
 	"tailscale.com/client/tailscale/apitype"
 	"tailscale.com/tailcfg"
@@ -129,9 +130,11 @@ func FromWhoIs(who *apitype.WhoIsResponse, ownTailnet string) (*Identity, error)
 	if n.StableID == "" {
 		return nil, fmt.Errorf("%w: node without a stable ID", ErrUnavailable)
 	}
-	if n.Expired {
+	if n.Expired || (!n.KeyExpiry.IsZero() && n.KeyExpiry.Before(time.Now())) {
 		// Logged out, or its key expired: no longer a node of the
 		// tailnet, whatever tailscaled still remembers of it.
+		// tailscaled flags Expired only when it rebuilds its whole
+		// network map; a changed KeyExpiry alone arrives sooner.
 		return nil, fmt.Errorf("%w: node %s's key has expired", ErrUnknownPeer, n.StableID)
 	}
 	id := &Identity{

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"tailscale.com/client/tailscale/apitype"
 	"tailscale.com/tailcfg"
@@ -105,5 +106,14 @@ func TestFromWhoIsExpired(t *testing.T) {
 	w.Node.Expired = true
 	if id, err := FromWhoIs(w, "tail1.ts.net"); !errors.Is(err, ErrUnknownPeer) || id != nil {
 		t.Errorf("expired node: %+v, %v; want ErrUnknownPeer", id, err)
+	}
+	w = whois("laptop.tail1.ts.net.", nil, 0, alice)
+	w.Node.KeyExpiry = time.Now().Add(-time.Minute)
+	if id, err := FromWhoIs(w, "tail1.ts.net"); !errors.Is(err, ErrUnknownPeer) || id != nil {
+		t.Errorf("node whose key expiry passed: %+v, %v; want ErrUnknownPeer", id, err)
+	}
+	w.Node.KeyExpiry = time.Now().Add(time.Hour)
+	if _, err := FromWhoIs(w, "tail1.ts.net"); err != nil {
+		t.Errorf("node whose key expires later: %v", err)
 	}
 }
