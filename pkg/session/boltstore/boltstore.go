@@ -1,10 +1,12 @@
 // Package boltstore is the embedded session.Store: one bbolt database
 // (what etcd itself is built on) under the state dir.
 //
-// Writes go through bbolt's Batch, which commits the writes of concurrent
-// callers in one transaction and one fsync (group commit): each caller
-// still returns only once its write is on disk, but many logins and
-// refreshes share the cost of a sync. Records past their end plus
+// Writes are group-committed: one goroutine commits, and every write that
+// arrives while a commit is on its way to disk goes into the next one, in
+// one transaction and one sync. Each caller still returns only once its
+// write is on disk, but concurrent logins and refreshes share the cost of
+// a sync, with no timer to wait out when there is no one to share with
+// (bbolt's own Batch waits for one). Records past their end plus
 // session.Retention are swept in the background.
 package boltstore
 
@@ -29,9 +31,6 @@ type Config struct {
 	// Path is the database file, created 0600 in a directory created
 	// 0700 if missing.
 	Path string
-	// MaxBatchDelay bounds how long a write waits for others to share its
-	// commit. Default 2ms.
-	MaxBatchDelay time.Duration
 	// SweepInterval is how often ended records are removed. Default 10m.
 	SweepInterval time.Duration
 	// Logf receives sweep failures; nil discards.
@@ -40,9 +39,10 @@ type Config struct {
 
 // Store is a session.Store on bbolt.
 type Store struct {
-	db   *bolt.DB
-	logf logger.Logf
-	now  func() time.Time
+	db     *bolt.DB
+	logf   logger.Logf
+	now    func() time.Time
+	writes chan *write // to the committer
 
 	stop      chan struct{}
 	wg        sync.WaitGroup
@@ -64,9 +64,6 @@ func (cfg Config) Open() (*Store, error) {
 	if cfg.Path == "" {
 		return nil, errors.New("boltstore: no path")
 	}
-	if cfg.MaxBatchDelay == 0 {
-		cfg.MaxBatchDelay = 2 * time.Millisecond
-	}
 	if cfg.SweepInterval == 0 {
 		cfg.SweepInterval = 10 * time.Minute
 	}
@@ -83,7 +80,6 @@ func (cfg Config) Open() (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("boltstore: opening %s: %w", cfg.Path, err)
 	}
-	db.MaxBatchDelay = cfg.MaxBatchDelay
 	if err := db.Update(func(tx *bolt.Tx) error {
 		for _, b := range [][]byte{bucketCodes, bucketFamilies, bucketRevoked} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
@@ -95,9 +91,10 @@ func (cfg Config) Open() (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("boltstore: %w", err)
 	}
-	s := &Store{db: db, logf: cfg.Logf, now: time.Now, stop: make(chan struct{})}
-	s.wg.Add(1)
+	s := &Store{db: db, logf: cfg.Logf, now: time.Now, stop: make(chan struct{}), writes: make(chan *write)}
+	s.wg.Add(2)
 	go s.sweepLoop(cfg.SweepInterval)
+	go s.commitLoop()
 	return s, nil
 }
 
@@ -106,19 +103,80 @@ var _ session.StoreConfig = Config{}
 // OpenStore implements session.StoreConfig.
 func (cfg Config) OpenStore(context.Context) (session.Store, error) { return cfg.Open() }
 
-// batch runs fn in a group-committed write transaction. fn may run more
-// than once (bbolt retries a batch without a failing member), so it only
-// reports through its return value and variables it sets afresh on each
-// run; outcomes such as "already redeemed" are results, not errors, so
-// they do not cost a retry.
+// write is one caller's part of a group commit.
+type write struct {
+	fn   func(tx *bolt.Tx) error
+	done chan error
+}
+
+// maxGroup bounds the writes of one commit.
+const maxGroup = 256
+
+// batch runs fn in a group-committed write transaction and returns once
+// it is on disk. fn may run more than once (if another write of its group
+// fails, the group's writes are retried one by one), so it reports only
+// through its return value and variables it sets afresh on each run;
+// outcomes such as "already redeemed" are results, not errors, so that
+// they do not fail the others' commit.
 func (s *Store) batch(ctx context.Context, fn func(tx *bolt.Tx) error) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("boltstore: %w", err)
 	}
-	if err := s.db.Batch(fn); err != nil {
+	w := &write{fn: fn, done: make(chan error, 1)}
+	select {
+	case s.writes <- w:
+	case <-s.stop:
+		return errors.New("boltstore: store closed")
+	}
+	// Once queued, the write is waited for even if ctx ends: the caller
+	// must know whether it is on disk.
+	if err := <-w.done; err != nil {
 		return fmt.Errorf("boltstore: %w", err)
 	}
 	return nil
+}
+
+// commitLoop commits writes in groups: the first write that arrives, and
+// every one queued behind it by then.
+func (s *Store) commitLoop() {
+	defer s.wg.Done()
+	group := make([]*write, 0, maxGroup)
+	for {
+		select {
+		case <-s.stop:
+			return
+		case w := <-s.writes:
+			group = append(group[:0], w)
+		}
+	drain:
+		for len(group) < maxGroup {
+			select {
+			case w := <-s.writes:
+				group = append(group, w)
+			default:
+				break drain
+			}
+		}
+		err := s.db.Update(func(tx *bolt.Tx) error {
+			for _, w := range group {
+				if err := w.fn(tx); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err == nil {
+			for _, w := range group {
+				w.done <- nil
+			}
+			continue
+		}
+		// One write failed and took the group's transaction with it:
+		// commit each on its own, so only the failing one fails.
+		for _, w := range group {
+			w.done <- s.db.Update(w.fn)
+		}
+	}
 }
 
 func get[T any](b *bolt.Bucket, key []byte) (*T, error) {
