@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"html"
@@ -11,6 +12,7 @@ import (
 	"net/http/cookiejar"
 	"net/http/httptest"
 	"net/url"
+	"os"
 	"strings"
 	"syscall"
 	"testing"
@@ -60,18 +62,65 @@ func whoamiUpstream(t *testing.T) string {
 	return srv.URL
 }
 
+// markedBlock finds the code block of a doc whose marker comment starts with
+// marker.
+func markedBlock(t *testing.T, doc, marker string) string {
+	t.Helper()
+	b, err := os.ReadFile(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range docFenceRE.FindAllStringSubmatch(string(b), -1) {
+		if strings.HasPrefix(m[1], marker) {
+			return m[3]
+		}
+	}
+	t.Fatalf("%s has no code block marked %q", doc, marker)
+	return ""
+}
+
+// docOAuth2ProxyFlags returns the flags of the oauth2-proxy command in
+// docs/oidc.md, by name.
+func docOAuth2ProxyFlags(t *testing.T) map[string]string {
+	t.Helper()
+	cmd := strings.ReplaceAll(markedBlock(t, "../docs/oidc.md", "oauth2-proxy:"), "\\\n", " ")
+	flags := map[string]string{}
+	for _, f := range strings.Fields(cmd)[1:] {
+		name, value, ok := strings.Cut(strings.TrimPrefix(f, "--"), "=")
+		if !ok || !strings.HasPrefix(f, "--") {
+			continue
+		}
+		flags[name] = strings.Trim(value, "'")
+	}
+	// --scope='openid email profile groups' was split by Fields.
+	if i := strings.Index(cmd, "--scope='"); i >= 0 {
+		v := cmd[i+len("--scope='"):]
+		flags["scope"] = v[:strings.Index(v, "'")]
+	}
+	return flags
+}
+
 // startOAuth2Proxy runs oauth2-proxy on addr in front of upstream, with
-// args for the provider, and waits until it answers.
+// the command line of docs/oidc.md: its flags, with this test's issuer,
+// addresses and secrets, then args. Only --cookie-secure=false (the test
+// serves plain http on loopback) and --skip-provider-button are added.
 func startOAuth2Proxy(t *testing.T, bin, addr, upstream string, args ...string) *proc {
 	t.Helper()
+	flags := docOAuth2ProxyFlags(t)
+	for _, want := range []string{"provider", "oidc-issuer-url", "client-id", "client-secret", "code-challenge-method", "scope", "email-domain", "redirect-url", "http-address", "upstream", "cookie-secret"} {
+		if _, ok := flags[want]; !ok {
+			t.Fatalf("docs/oidc.md's oauth2-proxy command lacks --%s", want)
+		}
+	}
 	cookieSecret := base64.RawURLEncoding.EncodeToString([]byte(session.NewSecret())[:32])
-	all := append([]string{
-		"--http-address=" + addr, "--upstream=" + upstream, "--redirect-url=http://" + addr + "/oauth2/callback",
-		"--cookie-secret=" + cookieSecret[:32], "--cookie-secure=false", "--email-domain=*",
-		"--code-challenge-method=S256", "--skip-provider-button=true", "--pass-user-headers=true",
-		"--provider=oidc", "--scope=openid email profile groups",
-	}, args...)
-	p := startBin(t, bin, nil, all...)
+	flags["http-address"], flags["upstream"], flags["redirect-url"] = addr, upstream, "http://"+addr+"/oauth2/callback"
+	flags["cookie-secret"], flags["cookie-secure"], flags["skip-provider-button"] = cookieSecret[:32], "false", "true"
+	var all []string
+	for name, v := range flags {
+		all = append(all, "--"+name+"="+v)
+	}
+	// args (client, issuer, endpoints) come last: they win.
+	p := startBin(t, bin, nil, append(all, args...)...)
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		res, err := httpClient().Get("http://" + addr + "/ping")
@@ -572,5 +621,40 @@ clients:
 	}
 	if _, err := refresh(tok1); !isInvalidGrant(err) {
 		t.Errorf("the refresh token replaced before the crash: %v, want invalid_grant", err)
+	}
+}
+
+// TestOIDCDocRecipes: the Grafana recipe in docs/oidc.md names tsidp's
+// endpoints as discovery does, scopes tsidp supports, PKCE, and the client
+// of the recipe's configuration.
+func TestOIDCDocRecipes(t *testing.T) {
+	const docIssuer = "https://idp.tail1234.ts.net"
+	sb := startSandboxWith(t, &config.Config{})
+	res, err := httpClient().Get(sb.Issuer() + "/.well-known/openid-configuration")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var disc map[string]any
+	json.NewDecoder(res.Body).Decode(&disc)
+	res.Body.Close()
+	ini := map[string]string{}
+	for _, line := range strings.Split(markedBlock(t, "../docs/oidc.md", "grafana:"), "\n") {
+		if k, v, ok := strings.Cut(line, " = "); ok {
+			ini[k] = v
+		}
+	}
+	for key, endpoint := range map[string]string{"auth_url": "authorization_endpoint", "token_url": "token_endpoint", "api_url": "userinfo_endpoint"} {
+		got := strings.Replace(ini[key], docIssuer, sb.Issuer(), 1)
+		if got != disc[endpoint] {
+			t.Errorf("grafana.ini %s = %s; discovery's %s is %v", key, ini[key], endpoint, disc[endpoint])
+		}
+	}
+	for _, sc := range strings.Fields(ini["scopes"]) {
+		if !strings.Contains(fmt.Sprint(disc["scopes_supported"]), sc) {
+			t.Errorf("grafana.ini asks for scope %s, which tsidp does not offer", sc)
+		}
+	}
+	if ini["use_pkce"] != "true" || ini["client_id"] != "grafana" || ini["login_attribute_path"] != "preferred_username" {
+		t.Errorf("grafana.ini: %v", ini)
 	}
 }

@@ -319,3 +319,25 @@ func TestSessionStore(t *testing.T) {
 		})
 	}
 }
+
+// TestOIDCDocConfigs: every configuration in docs/oidc.md is valid.
+func TestOIDCDocConfigs(t *testing.T) {
+	blocks := docBlocks(t, "../../docs/oidc.md")
+	if len(blocks) < 3 {
+		t.Fatalf("docs/oidc.md has %d yaml blocks", len(blocks))
+	}
+	for i, b := range blocks {
+		var c Config
+		if err := Parse([]byte("issuer: https://idp.tail1234.ts.net\n"+b), &c); err != nil {
+			t.Fatalf("docs/oidc.md block %d does not parse: %v", i, err)
+		}
+		c.StateDir = t.TempDir()
+		c.Provision()
+		if err := c.Validate(); err != nil {
+			t.Errorf("docs/oidc.md block %d is invalid: %v", i, err)
+		}
+		if len(c.Clients) == 0 {
+			t.Errorf("docs/oidc.md block %d configures no client", i)
+		}
+	}
+}

@@ -93,7 +93,7 @@ func ciNode() *identity.Identity {
 }
 
 type env struct {
-	t    *testing.T
+	t    testing.TB
 	tn   *tailnet
 	keys *keys.Manager
 	h    http.Handler
@@ -118,7 +118,7 @@ var (
 	manager     *keys.Manager
 )
 
-func testKeys(t *testing.T) *keys.Manager {
+func testKeys(t testing.TB) *keys.Manager {
 	managerOnce.Do(func() {
 		dir, err := tempDir()
 		if err != nil {
@@ -151,6 +151,7 @@ var clientConfigs = []clients.Config{
 	{ID: "devices", SecretSHA256: clients.SecretHash(secret), AllowTaggedDevices: true, RedirectURIs: []string{appCB}, Allow: []string{"tag:ci"}},
 	{ID: "granted", SecretSHA256: clients.SecretHash(secret), RedirectURIs: []string{appCB}, Allow: []string{"user:nobody@example.com"}},
 	{ID: "eddsa", SecretSHA256: clients.SecretHash(secret), IDTokenAlg: "EdDSA", RedirectURIs: []string{appCB}, Allow: []string{"*"}},
+	{ID: "es-app", SecretSHA256: clients.SecretHash(secret), IDTokenAlg: "ES256", RedirectURIs: []string{appCB}, Allow: []string{"*"}},
 }
 
 // groupsPlugin stands in for a directory plugin: eng for alice.
@@ -164,7 +165,7 @@ func (groupsPlugin) Enrich(_ context.Context, r *claims.Request) (*claims.Result
 	return nil, nil
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	t.Helper()
 	e := &env{t: t, tn: &tailnet{nodes: map[netip.Addr]*identity.Identity{}}, keys: testKeys(t),
 		now: time.Now().Truncate(time.Second)}
@@ -240,7 +241,7 @@ func (e *env) authorize(ip string, a authz) *httptest.ResponseRecorder {
 }
 
 // redirected parses a redirect to the client.
-func redirected(t *testing.T, rec *httptest.ResponseRecorder) url.Values {
+func redirected(t testing.TB, rec *httptest.ResponseRecorder) url.Values {
 	t.Helper()
 	if rec.Code != http.StatusSeeOther {
 		t.Fatalf("status %d, want a redirect:\n%s", rec.Code, rec.Body)
@@ -271,14 +272,16 @@ func (e *env) token(ip string, form url.Values, basicID, basicSecret string) (in
 
 // login runs a whole code flow for client app (or a) as the node at ip
 // and returns the token answer.
-func (e *env) login(ip string, scope string) map[string]any {
+func (e *env) login(ip string, scope string) map[string]any { return e.loginTo("app", ip, scope) }
+
+func (e *env) loginTo(client, ip, scope string) map[string]any {
 	e.t.Helper()
 	v, ch := pkce()
-	q := redirected(e.t, e.authorize(ip, authz{client: "app", redirect: appCB, scope: scope, state: "st1", nonce: "n1", challenge: ch, method: "S256"}))
+	q := redirected(e.t, e.authorize(ip, authz{client: client, redirect: appCB, scope: scope, state: "st1", nonce: "n1", challenge: ch, method: "S256"}))
 	if q.Get("code") == "" || q.Get("state") != "st1" || q.Get("iss") != issuer {
 		e.t.Fatalf("authorization response %v", q)
 	}
-	code, m, _ := e.token(ip, url.Values{"grant_type": {"authorization_code"}, "code": {q.Get("code")}, "redirect_uri": {appCB}, "code_verifier": {v}}, "app", secret)
+	code, m, _ := e.token(ip, url.Values{"grant_type": {"authorization_code"}, "code": {q.Get("code")}, "redirect_uri": {appCB}, "code_verifier": {v}}, client, secret)
 	if code != 200 {
 		e.t.Fatalf("code exchange: %d %v", code, m)
 	}
