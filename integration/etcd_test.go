@@ -3,6 +3,8 @@ package integration
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -20,7 +22,9 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/tsidp/tsidp/pkg/admin"
+	"github.com/tsidp/tsidp/pkg/clients"
 	"github.com/tsidp/tsidp/pkg/keys/etcdstore/etcdtest"
+	"github.com/tsidp/tsidp/pkg/session"
 	"github.com/tsidp/tsidp/pkg/tailnet"
 	"tailscale.com/tsnet"
 )
@@ -51,7 +55,20 @@ audiences:
   - name: ed
     allow: ["*"]
     algorithm: EdDSA
+clients:
+  - id: replica-rp
+    secret_sha256: ` + replicaSecretSHA256 + `
+    redirect_uris: ["http://127.0.0.1:9/callback"]
+    id_token_signed_response_alg: ES256
+    allow: ["*"]
 `
+
+// replicaSecret is the client secret of replica-rp; replicaSecretSHA256
+// its hash, as the configuration holds it.
+const (
+	replicaSecret       = "replica-rp-secret"
+	replicaSecretSHA256 = "579c628500c0f6062dbb13168d61b320d120d981a5a385244056fc3a7ac45a65"
+)
 
 // replica is one `tsidp serve --backend tsnet` process sharing etcd.
 type replica struct {
@@ -239,6 +256,7 @@ func TestReplicasOnEtcd(t *testing.T) {
 	// Tokens from each replica verify with each replica's JWKS.
 	getTokens("start")
 	verifyAll("start")
+	loginAcrossReplicas(t, hc, reps)
 	leader, _ := waitLeader(15 * time.Second)
 	t.Logf("leader: %s", leader.name)
 
@@ -570,4 +588,60 @@ func etcdLeader(ctx context.Context, t *testing.T, c *etcdtest.Cluster) *etcdtes
 	}
 	t.Fatal("no etcd member is the raft leader")
 	return nil
+}
+
+// loginAcrossReplicas: login sessions live in etcd, so a code issued by one
+// replica is redeemed at another, and its refresh token works at a third;
+// a reused refresh token is refused at any of them.
+func loginAcrossReplicas(t *testing.T, hc *http.Client, reps []*replica) {
+	t.Helper()
+	if clients.SecretHash(replicaSecret) != replicaSecretSHA256 {
+		t.Fatal("replicaSecretSHA256 is not the hash of replicaSecret")
+	}
+	const cb = "http://127.0.0.1:9/callback"
+	verifier := session.NewSecret()
+	sum := sha256.Sum256([]byte(verifier))
+	q := url.Values{"response_type": {"code"}, "client_id": {"replica-rp"}, "redirect_uri": {cb}, "scope": {"openid offline_access"},
+		"code_challenge": {base64.RawURLEncoding.EncodeToString(sum[:])}, "code_challenge_method": {"S256"}}
+	var code string
+	browser := &http.Client{Transport: hc.Transport, Timeout: 10 * time.Second, CheckRedirect: func(req *http.Request, _ []*http.Request) error {
+		if strings.HasPrefix(req.URL.String(), cb) {
+			code = req.URL.Query().Get("code")
+			return http.ErrUseLastResponse
+		}
+		return nil
+	}}
+	res, err := browser.Get(reps[0].base + "/authorize?" + q.Encode())
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if code == "" {
+		t.Fatalf("%s issued no code: %d", reps[0].name, res.StatusCode)
+	}
+	post := func(r *replica, form url.Values) (int, map[string]any) {
+		req, _ := http.NewRequest("POST", r.base+"/token", strings.NewReader(form.Encode()))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.SetBasicAuth("replica-rp", replicaSecret)
+		res, err := hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer res.Body.Close()
+		var m map[string]any
+		json.NewDecoder(res.Body).Decode(&m)
+		return res.StatusCode, m
+	}
+	status, m := post(reps[1], url.Values{"grant_type": {"authorization_code"}, "code": {code}, "redirect_uri": {cb}, "code_verifier": {verifier}})
+	if status != 200 || m["id_token"] == nil {
+		t.Fatalf("code from %s redeemed at %s: %d %v", reps[0].name, reps[1].name, status, m)
+	}
+	rt1, _ := m["refresh_token"].(string)
+	status, m = post(reps[2], url.Values{"grant_type": {"refresh_token"}, "refresh_token": {rt1}})
+	if status != 200 || m["refresh_token"] == nil {
+		t.Fatalf("refresh at %s: %d %v", reps[2].name, status, m)
+	}
+	if status, m = post(reps[0], url.Values{"grant_type": {"refresh_token"}, "refresh_token": {rt1}}); status != 400 || m["error"] != "invalid_grant" {
+		t.Errorf("reused refresh token at %s: %d %v", reps[0].name, status, m)
+	}
 }
